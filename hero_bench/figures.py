@@ -1,0 +1,259 @@
+"""Figures of a trials table: one PNG per (figure kind, dataset, model) under results/<name>/figures/.
+
+Every figure that compares families uses the configuration the leaderboard chose for it (best
+mean validation accuracy); error bars are the std over seeds. A figure whose axes have no data
+(no Hessian column, a single label-noise level, ...) is skipped with a one-line reason, never drawn
+empty.
+"""
+import io
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window; must precede the pyplot import
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hero_bench.leaderboard import family_order, per_config, select_best, write_atomic  # noqa: E402
+
+CAPTIONS = {
+    "heatmap": "HERO mean validation and test accuracy over the (radius ρ, hessian_coef γ) grid",
+    "ptq": "Test accuracy after post-training weight quantization, per bit width",
+    "label_noise": "Test accuracy vs training label-noise rate",
+    "hessian": "Top Hessian eigenvalue of the training loss",
+    "compute": "Test accuracy vs compute, every completed configuration",
+}
+COLORS = {"sgd": "tab:blue", "sam": "tab:orange", "hero": "tab:red", "gradnorm": "tab:green"}
+OTHER_COLORS = ["tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+
+
+def _color(family, families):
+    others = [f for f in families if f not in COLORS]
+    return COLORS.get(family) or OTHER_COLORS[others.index(family) % len(OTHER_COLORS)]
+
+
+def _slug(text):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-")
+
+
+def _noise_label(p):
+    return f"label noise {p:g}"
+
+
+def _panels(n, title, width=4.8, height=3.8):
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=True)
+    fig.suptitle(title)
+    return fig, list(axes[0])
+
+
+# ------------------------------------------------------------------------------------- one figure
+# Each takes (configs, chosen, title) of one (dataset, model) and returns a Figure or the reason
+# it has nothing to draw.
+
+def _heatmap_grids(hero, radii, coefs):
+    """(val grid, test grid, diverged mask) over radius x hessian_coef for one label-noise level."""
+    val, test = np.full((2, len(radii), len(coefs)), np.nan)
+    diverged = np.zeros((len(radii), len(coefs)), dtype=bool)
+    for (r, g), cell in hero.groupby(["optimizer.radius", "optimizer.hessian_coef"]):
+        i, k = np.searchsorted(radii, r), np.searchsorted(coefs, g)
+        done = cell[(cell["status"] == "completed") & cell["val_acc_mean"].notna()]
+        if done.empty:
+            diverged[i, k] = (cell["status"] == "diverged").any()
+        else:
+            best = done.loc[done["val_acc_mean"].idxmax()]
+            val[i, k], test[i, k] = best["val_acc_mean"], best["test_acc_mean"]
+    return val, test, diverged
+
+
+def heatmap(configs, chosen, title):
+    """Mean val/test accuracy of the hero rows over (ρ, γ); one column per label-noise level, with
+    one color scale per column. Where several configurations share a cell (other swept keys), the
+    one with the best val accuracy fills it."""
+    hero = configs[configs["optimizer.name"] == "hero"]
+    if hero.empty:
+        return "no hero configurations"
+    radii = np.sort(hero["optimizer.radius"].unique())
+    coefs = np.sort(hero["optimizer.hessian_coef"].unique())
+    if len(radii) * len(coefs) < 2:
+        return "hero ran at a single (radius, hessian_coef) point"
+    if not hero["status"].isin(["completed", "diverged"]).any():
+        return "no hero configuration completed or diverged"
+    noises = np.sort(hero["data.label_noise"].unique())
+    size = (len(noises) * (1.0 * len(coefs) + 2.5), 2 * (0.8 * len(radii) + 1.2) + 0.6)
+    fig, axes = plt.subplots(2, len(noises), figsize=size, squeeze=False, constrained_layout=True)
+    fig.suptitle(f"{title}: HERO accuracy (%) over radius ρ and hessian_coef γ; grey: no completed run")
+    for j, p in enumerate(noises):
+        val, test, diverged = _heatmap_grids(hero[hero["data.label_noise"] == p], radii, coefs)
+        finite = np.concatenate([val[np.isfinite(val)], test[np.isfinite(test)]])
+        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 100.0)
+        for ax, grid, split in ((axes[0][j], val, "validation"), (axes[1][j], test, "test")):
+            image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", cmap="viridis", vmin=lo, vmax=hi,
+                              aspect="auto")
+            ax.set_facecolor("0.85")
+            for (i, k), v in np.ndenumerate(grid):
+                bright = not np.isnan(v) and (v - lo) > 0.6 * (hi - lo)  # yellow end of viridis: black text
+                text = "diverged" if diverged[i, k] else ("" if np.isnan(v) else f"{v:.1f}")
+                ax.text(k, i, text, ha="center", va="center", fontsize=8,
+                        color="black" if bright or np.isnan(v) else "white")
+            ax.set_xticks(range(len(coefs)), [f"{g:g}" for g in coefs])
+            ax.set_yticks(range(len(radii)), [f"{r:g}" for r in radii])
+            ax.set_xlabel("hessian_coef γ")
+            ax.set_ylabel("radius ρ")
+            ax.set_title(f"{split}, {_noise_label(p)}")
+        fig.colorbar(image, ax=axes[:, j].tolist(), label="accuracy (%)", shrink=0.8)
+    return fig
+
+
+def ptq(configs, chosen, title):
+    """Test accuracy vs weight bit width (per-tensor PTQ), one line per family; dashed: float weights."""
+    bits = sorted((int(m.group(1)) for c in chosen.columns
+                   if (m := re.fullmatch(r"ptq_acc_(\d+)bit_mean", c)) and chosen[c].notna().any()),
+                  reverse=True)
+    if len(bits) < 2:
+        return "fewer than two ptq_acc_{b}bit columns with data"
+    noises = np.sort(chosen["data.label_noise"].unique())
+    fig, axes = _panels(len(noises), f"{title}: test accuracy after post-training quantization "
+                                     "(dashed: float weights)")
+    families = family_order(chosen["family"])
+    for ax, p in zip(axes, noises):
+        at_noise = chosen[chosen["data.label_noise"] == p]
+        for family in families:
+            row = at_noise[at_noise["family"] == family]
+            if row.empty:
+                continue
+            row = row.iloc[0]
+            color = _color(family, families)
+            mean = [row[f"ptq_acc_{b}bit_mean"] for b in bits]
+            std = [row[f"ptq_acc_{b}bit_std"] for b in bits]
+            ax.errorbar(bits, mean, yerr=np.nan_to_num(std), marker="o", capsize=3, color=color, label=family)
+            ax.axhline(row["test_acc_mean"], color=color, linestyle="--", linewidth=1)
+        ax.set_xticks(bits)
+        ax.invert_xaxis()  # fewer bits to the right: accuracy falls as precision drops
+        ax.set_xlabel("weight bit width")
+        ax.set_title(_noise_label(p))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].legend(title="family")
+    fig.tight_layout()
+    return fig
+
+
+def label_noise(configs, chosen, title):
+    """Test accuracy of each family's chosen configuration vs the label-noise rate."""
+    noises = np.sort(chosen["data.label_noise"].unique())
+    if len(noises) < 2:
+        return "a single label-noise level"
+    fig, axes = _panels(1, f"{title}: test accuracy vs label noise", width=6, height=4.2)
+    ax = axes[0]
+    families = family_order(chosen["family"])
+    for family in families:
+        rows = chosen[chosen["family"] == family].sort_values("data.label_noise")
+        ax.errorbar(rows["data.label_noise"], rows["test_acc_mean"], yerr=rows["test_acc_std"].fillna(0),
+                    marker="o", capsize=3, color=_color(family, families), label=family)
+    ax.set_xticks(noises, [f"{p:g}" for p in noises])
+    ax.set_xlabel("training label-noise rate p")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(title="family")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def hessian(configs, chosen, title):
+    """Bars: top Hessian eigenvalue of each family's chosen configuration, grouped by label noise."""
+    if "hessian_top_eig_mean" not in chosen:
+        return "no hessian_top_eig column in trials.csv"
+    rows = chosen[chosen["hessian_top_eig_mean"].notna()]
+    if rows.empty:
+        return "hessian_top_eig has no values"
+    noises = np.sort(rows["data.label_noise"].unique())
+    families = family_order(rows["family"])
+    fig, axes = _panels(1, f"{title}: top Hessian eigenvalue (lower = flatter)",
+                        width=max(5.0, 1.2 * len(noises) * len(families)), height=4.2)
+    ax = axes[0]
+    width = 0.8 / len(families)
+    for k, family in enumerate(families):
+        bars = rows[rows["family"] == family].set_index("data.label_noise").reindex(noises)
+        x = np.arange(len(noises)) + (k - (len(families) - 1) / 2) * width
+        ax.bar(x, bars["hessian_top_eig_mean"], width, yerr=bars["hessian_top_eig_std"].fillna(0), capsize=3,
+               color=_color(family, families), label=family)
+    ax.set_xticks(np.arange(len(noises)), [_noise_label(p) for p in noises])
+    ax.set_ylabel("top eigenvalue λ_max")
+    ax.legend(title="family")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+COMPUTE_AXES = (("grad_evals", "gradient evaluations per trial"), ("time_total_s", "training time per trial (s)"),
+                ("time_per_epoch_s", "time per epoch (s)"))
+
+
+def compute(configs, chosen, title):
+    """Every completed configuration's test accuracy against its cost; circled: chosen by validation."""
+    done = configs[configs["status"] == "completed"]
+    axis = next(((key, label) for key, label in COMPUTE_AXES
+                 if f"{key}_mean" in done and done[f"{key}_mean"].notna().any()), None)
+    if axis is None:
+        return "no grad_evals or time column with data"
+    key, label = axis
+    done = done[done[f"{key}_mean"].notna() & done["test_acc_mean"].notna()]
+    if len(done) < 2:
+        return "fewer than two completed configurations with cost data"
+    noises = np.sort(done["data.label_noise"].unique())
+    fig, axes = _panels(len(noises), f"{title}: test accuracy vs compute (circled: chosen by validation)")
+    families = family_order(done["family"])
+    for ax, p in zip(axes, noises):
+        for family in families:
+            rows = done[(done["data.label_noise"] == p) & (done["family"] == family)]
+            ax.scatter(rows[f"{key}_mean"], rows["test_acc_mean"], color=_color(family, families), alpha=0.7,
+                       label=family)
+        best = chosen[chosen["data.label_noise"] == p]
+        ax.scatter(best[f"{key}_mean"], best["test_acc_mean"], s=160, facecolors="none", edgecolors="black")
+        x = done[f"{key}_mean"]
+        if x.min() > 0 and x.max() / x.min() > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_title(_noise_label(p))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].legend(title="family")
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {"heatmap": heatmap, "ptq": ptq, "label_noise": label_noise, "hessian": hessian, "compute": compute}
+
+
+def figure_kind(path):
+    """`ptq_digits_mlp.png` -> `ptq` (file names are `{kind}_{dataset}_{model}.png`)."""
+    name = Path(path).name
+    return next((k for k in sorted(FIGURES, key=len, reverse=True) if name.startswith(k + "_")), None)
+
+
+def write_figures(df, out_dir):
+    """Draw every figure kind for every (dataset, model) of a trials table into out_dir.
+    Returns (written PNG paths, skipped notes `file: reason`)."""
+    out_dir = Path(out_dir)
+    configs = per_config(df)
+    written, skipped = [], []
+    if configs.empty:
+        return written, ["all figures: the trials table has no rows"]
+    chosen_all = select_best(configs)
+    for (data, model), group in configs.groupby(["data.name", "model.name"], sort=True):
+        chosen = chosen_all[(chosen_all["data.name"] == data) & (chosen_all["model.name"] == model)]
+        for kind, draw in FIGURES.items():
+            name = f"{kind}_{_slug(data)}_{_slug(model)}.png"
+            if chosen.empty and kind != "heatmap":  # only the heatmap can show diverged cells alone
+                fig = "no configuration completed every seed"
+            else:
+                fig = draw(group, chosen, f"{data} / {model}")
+            if isinstance(fig, str):
+                skipped.append(f"{name}: {fig}")
+                continue
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=110)
+            plt.close(fig)
+            written.append(write_atomic(out_dir / name, buffer.getvalue()))
+    return written, skipped

@@ -1,0 +1,371 @@
+"""Trials table -> per-configuration statistics -> leaderboard per method family.
+
+Data flow: `trials.csv` (one row per trial, written by the sweep) is grouped into configurations
+(every config column except `train.seed`), each metric is summarized over the seeds that
+completed, and for every (dataset, model, label noise) the leaderboard keeps, per method family,
+the configuration with the best MEAN VALIDATION accuracy. Test accuracy is reported, never used to
+choose (DESIGN.md section 3).
+
+Statistics over the n completed seeds of a configuration:
+    mean = Σx / n,   std = sqrt(Σ(x - mean)² / (n - 1)),   ci95 = t_{0.975, n-1} · std / sqrt(n)
+(std and ci95 are NaN for a single seed).
+"""
+import html
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from hero_bench.errors import HeroBenchError
+
+TRIAL_COLUMNS = ("trial_id", "status", "diverged_epoch")
+GROUP_KEYS = ["data.name", "model.name", "data.label_noise"]
+REQUIRED_COLUMNS = ("trial_id", "status", "data.name", "model.name", "optimizer.name",
+                    "optimizer.radius", "optimizer.hessian_coef", "data.label_noise", "train.seed",
+                    "val_acc", "test_acc")
+FAMILIES = ("sgd", "sam", "hero", "gradnorm")
+# Config columns always shown in leaderboard.md/html; other config columns only where they vary.
+SHOWN_CONFIG = ("optimizer.name", "optimizer.radius", "optimizer.hessian_coef", "train.lr")
+# A dotted YAML key: every part starts with a letter. `weight_noise_acc_0.01` is a metric, not a key.
+_DOTTED_KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+class TrialsNotFoundError(HeroBenchError, FileNotFoundError):
+    """No trials.csv where one was expected; the message names the path."""
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+def trials_path(path):
+    """`results/<experiment>/` or a trials.csv file -> the trials.csv path."""
+    path = Path(path)
+    return path / "trials.csv" if path.is_dir() else path
+
+
+def load_trials(path):
+    """Read trials.csv from a results folder or a file path; fails with one line naming the path."""
+    csv = trials_path(path)
+    if not csv.is_file():
+        raise TrialsNotFoundError(f"no trials table at {csv} (run `hero-bench sweep` to create it)")
+    try:
+        df = pd.read_csv(csv)
+    except pd.errors.EmptyDataError:
+        raise HeroBenchError(f"trials table {csv} is empty") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise HeroBenchError(f"trials table {csv} lacks column(s) {', '.join(missing)}")
+    return df
+
+
+def config_columns(df):
+    """Config columns: `name` and every dotted YAML key (`optimizer.radius`, any swept key)."""
+    return [c for c in df.columns if c == "name" or _DOTTED_KEY.match(c)]
+
+
+def metric_columns(df):
+    """Every numeric column that is neither config nor trial bookkeeping (trial_id, status,
+    diverged_epoch); text such as a failed trial's `error` message is no metric."""
+    config = set(config_columns(df))
+    return [c for c in df.columns
+            if c not in config and c not in TRIAL_COLUMNS and pd.api.types.is_numeric_dtype(df[c])]
+
+
+# --------------------------------------------------------------------------------------- families
+
+def _family(name, radius, hessian_coef):
+    # The (ρ, γ) grid holds SGD and SAM as its edges, so a row belongs to the method it computes.
+    if name == "sam":
+        return "sgd" if radius == 0 else "sam"
+    if name == "hero":
+        if radius == 0:
+            return "sgd"
+        return "sam" if hessian_coef == 0 else "hero"
+    if name == "gradnorm":
+        return "sgd" if hessian_coef == 0 else "gradnorm"
+    return name  # sgd, or a method registered later: its own family
+
+
+def method_family(row_or_df):
+    """Method family of a trial row (-> str) or of every row of a DataFrame (-> Series).
+
+    sgd -> sgd; sam -> sgd if ρ = 0 else sam; hero -> sgd if ρ = 0, sam if γ = 0, else hero;
+    gradnorm -> sgd if γ = 0 else gradnorm.
+    """
+    columns = (row_or_df["optimizer.name"], row_or_df["optimizer.radius"], row_or_df["optimizer.hessian_coef"])
+    if isinstance(row_or_df, pd.DataFrame):
+        return pd.Series([_family(*row) for row in zip(*columns)], index=row_or_df.index, name="family", dtype=object)
+    return _family(*columns)
+
+
+def family_order(families):
+    """sgd, sam, hero, gradnorm first, then any other family alphabetically."""
+    known = [f for f in FAMILIES if f in set(families)]
+    return known + sorted(set(families) - set(FAMILIES))
+
+
+# ------------------------------------------------------------------------------ per configuration
+
+def per_config(df):
+    """One row per configuration: config columns, family, status, n_trials, n_completed,
+    diverged_epoch, and per metric m over the completed seeds: m_mean, m_std, m_count, m_ci95
+    (formulas in the module docstring).
+
+    status: `diverged` if any seed diverged; `completed` if every seed of the table (every
+    train.seed value seen) completed; `incomplete` otherwise (failed, stopped early, or missing).
+    """
+    keys = [c for c in config_columns(df) if c != "train.seed"]
+    by = [df[k] for k in keys]
+    completed = df["status"] == "completed"
+    trials = pd.DataFrame({"completed": completed, "diverged": df["status"] == "diverged",
+                           "seed": df["train.seed"],
+                           "diverged_epoch": pd.to_numeric(df.get("diverged_epoch", np.nan), errors="coerce")})
+    info = trials.groupby(by, dropna=False, sort=True).agg(
+        n_trials=("completed", "size"), n_completed=("completed", "sum"), any_diverged=("diverged", "any"),
+        all_completed=("completed", "all"), n_seeds=("seed", "nunique"), diverged_epoch=("diverged_epoch", "min"))
+    info = info.reset_index()
+    info.insert(len(keys), "family", method_family(info))
+    complete = info["all_completed"] & (info["n_seeds"] == df["train.seed"].nunique())
+    info.insert(len(keys) + 1, "status", np.select([info["any_diverged"], complete], ["diverged", "completed"],
+                                                   "incomplete"))
+    info = info.drop(columns=["any_diverged", "all_completed", "n_seeds"])
+
+    # Metrics of trials that did not complete are no result: blank them before averaging.
+    values = df[metric_columns(df)].apply(pd.to_numeric, errors="coerce").where(completed, axis=0)
+    groups = values.groupby(by, dropna=False, sort=True)
+    mean, std, count = groups.mean(), groups.std(ddof=1), groups.count()
+    t = stats.t.ppf(0.975, (count - 1).clip(lower=1))  # std is NaN below 2 seeds, and so the interval
+    summary = {}
+    for m in values.columns:
+        summary[f"{m}_mean"], summary[f"{m}_std"], summary[f"{m}_count"] = mean[m], std[m], count[m]
+        summary[f"{m}_ci95"] = t[:, values.columns.get_loc(m)] * std[m] / np.sqrt(count[m].clip(lower=1))
+    summary = pd.DataFrame(summary).reset_index(drop=True)
+    return pd.concat([info, summary], axis=1)  # both grouped by the same keys: rows align by position
+
+
+def select_best(configs):
+    """Per (dataset, model, label noise, family): the completed configuration with the highest
+    mean validation accuracy. Diverged and incomplete configurations are never chosen."""
+    eligible = configs[(configs["status"] == "completed") & configs["val_acc_mean"].notna()]
+    best = eligible.loc[eligible.groupby(GROUP_KEYS + ["family"], dropna=False)["val_acc_mean"].idxmax()]
+    return best.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------ leaderboard
+
+def shown_metrics(metrics):
+    """Leaderboard metrics in reading order: accuracy, generalization, quantization, curvature,
+    weight noise, cost. Absent metrics are absent."""
+    def bits(m):
+        return int(re.search(r"ptq_acc_(\d+)bit", m).group(1))
+
+    ptq = sorted((m for m in metrics if re.fullmatch(r"ptq_acc_\d+bit", m)), key=bits, reverse=True)
+    ptq_channel = sorted((m for m in metrics if re.fullmatch(r"ptq_acc_\d+bit_per_channel", m)),
+                         key=bits, reverse=True)
+    noise = sorted((m for m in metrics if m.startswith("weight_noise_acc_")),
+                   key=lambda m: float(m.removeprefix("weight_noise_acc_")))
+    order = (["val_acc", "test_acc", "gen_gap"] + ptq + ptq_channel
+             + ["hessian_top_eig", "hessian_trace"] + noise + ["time_per_epoch_s", "grad_evals"])
+    return [m for m in order if m in metrics]
+
+
+def leaderboard(df):
+    """Leaderboard of a trials table.
+
+    Per (data.name, model.name, data.label_noise): one row per method family with the configuration
+    chosen by mean validation accuracy (status completed), then one row per diverged configuration
+    (status diverged, never chosen). Columns: group keys, family, status, config, n_seeds, m_mean and
+    m_std per shown metric, test_acc_ci95, best_test_acc (True where the group's best test accuracy
+    is), gain_vs_sgd and gain_vs_sam (test_acc_mean minus that family's, in points).
+    """
+    configs = per_config(df)
+    metrics = shown_metrics(metric_columns(df))
+    config = [c for c in config_columns(df) if c not in GROUP_KEYS + ["name", "train.seed"]]
+    columns = (GROUP_KEYS + ["family", "status"] + config + ["n_seeds", "n_trials"]
+               + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["test_acc_ci95"])
+    if configs.empty:
+        return pd.DataFrame(columns=columns)
+    best = select_best(configs)
+    diverged = configs[configs["status"] == "diverged"]
+    board = pd.concat([best, diverged], ignore_index=True).rename(columns={"n_completed": "n_seeds"})
+    if "diverged_epoch" in board and (board["status"] == "diverged").any():
+        columns.insert(columns.index("status") + 1, "diverged_epoch")
+    board = board[columns]
+    # A diverged configuration's surviving seeds are not a result; its stats stay in per_config.csv.
+    stats_columns = [c for c in board.columns if c.endswith(("_mean", "_std", "_ci95"))]
+    board.loc[board["status"] == "diverged", stats_columns] = np.nan
+
+    rank = {f: i for i, f in enumerate(family_order(board["family"]))}
+    board = board.assign(_diverged=board["status"] == "diverged", _rank=board["family"].map(rank))
+    board = board.sort_values(GROUP_KEYS + ["_diverged", "_rank"]).drop(columns=["_diverged", "_rank"])
+    board = board.reset_index(drop=True)
+    chosen = board["status"] == "completed"
+    top = board[chosen].groupby(GROUP_KEYS, dropna=False)["test_acc_mean"].transform("max")
+    board["best_test_acc"] = False
+    board.loc[top.index, "best_test_acc"] = np.isclose(board.loc[top.index, "test_acc_mean"], top)
+    keys = pd.MultiIndex.from_frame(board[GROUP_KEYS])
+    for base in ("sgd", "sam"):
+        reference = board[chosen & (board["family"] == base)].set_index(GROUP_KEYS)["test_acc_mean"]
+        gain = board["test_acc_mean"].to_numpy() - reference.reindex(keys).to_numpy()
+        board[f"gain_vs_{base}"] = np.where(chosen, gain, np.nan)
+    return board
+
+
+# -------------------------------------------------------------------------------------- rendering
+
+def _number(value, metric=""):
+    """Accuracies and gaps with 2 decimals (percent points), counts whole, anything else 4 digits."""
+    if pd.isna(value):
+        return "–"
+    if not isinstance(value, (float, np.floating)):
+        return str(value)
+    if "acc" in metric or metric == "gen_gap":
+        return f"{value:.2f}"
+    if metric == "grad_evals":
+        return f"{value:.0f}"
+    return f"{value:.4g}"
+
+
+def _display(board):
+    """Board of one group -> (table of strings, {(row, column)} cells to emphasize,
+    {config column: value} for config columns that are the same on every row)."""
+    metrics = [c.removesuffix("_mean") for c in board.columns if c.endswith("_mean")]
+    constant = [c for c in board.columns
+                if c not in GROUP_KEYS + list(SHOWN_CONFIG) + ["family", "status", "diverged_epoch"]
+                and _DOTTED_KEY.match(c) and board[c].nunique(dropna=False) == 1]
+    config = [c for c in board.columns if _DOTTED_KEY.match(c) and c not in GROUP_KEYS + constant]
+    table = pd.DataFrame(index=board.index)
+    table["family"] = board["family"]
+    table["status"] = board["status"]
+    if "diverged_epoch" in board:
+        epoch = board["diverged_epoch"].map(lambda e: "" if pd.isna(e) else f" (epoch {e:.0f})")
+        table["status"] = board["status"] + epoch
+    for c in config:
+        table[c] = board[c].map(_number)
+    table["seeds done"] = [f"{done}/{n}" for done, n in zip(board["n_seeds"], board["n_trials"])]
+    for m in metrics:
+        mean, std = board[f"{m}_mean"], board[f"{m}_std"]
+        table[m] = [_number(a, m) + ("" if pd.isna(a) or pd.isna(s) else f" ± {_number(s, m)}")
+                    for a, s in zip(mean, std)]
+    for base in ("sgd", "sam"):
+        table[f"vs {base} (pts)"] = board[f"gain_vs_{base}"].map(lambda g: "–" if pd.isna(g) else f"{g:+.2f}")
+    bold = {(i, "test_acc") for i in board.index[board["best_test_acc"].astype(bool)]}
+    same = {c: board[c].iloc[0] for c in constant}
+    return table, bold, same
+
+
+def _groups(board):
+    for key, group in board.groupby(GROUP_KEYS, dropna=False, sort=True):
+        data, model, noise = key
+        yield f"{data} / {model} / label noise {noise:g}", group.reset_index(drop=True)
+
+
+def _gain_sentence(group):
+    hero = group[(group["family"] == "hero") & (group["status"] == "completed")]
+    if hero.empty:
+        return ""
+    parts = [f"{g:+.2f} points over {base.upper()}" for base in ("sgd", "sam")
+             for g in [hero[f"gain_vs_{base}"].iloc[0]] if not pd.isna(g)]
+    return f"HERO test accuracy: {', '.join(parts)}." if parts else ""
+
+
+INTRO = ("Per method family, the configuration with the best mean validation accuracy "
+         "(test accuracy never chooses; diverged configurations are listed, never chosen). "
+         "Metrics are mean ± std over the completed seeds; accuracies in %; "
+         "bold: best test accuracy in the group; gains are differences of mean test accuracy in points.")
+
+
+def markdown_tables(board, heading="##"):
+    """The leaderboard as markdown: one section and table per (dataset, model, label noise)."""
+    if board.empty:
+        return "No completed or diverged configurations yet.\n"
+    out = []
+    for title, group in _groups(board):
+        table, bold, same = _display(group)
+        out.append(f"{heading} {title}\n")
+        if same:
+            out.append("Same for every row: " + ", ".join(f"`{k}={_number(v)}`" for k, v in same.items()) + "\n")
+        out.append("| " + " | ".join(table.columns) + " |")
+        out.append("|" + "|".join("---" for _ in table.columns) + "|")
+        for i, row in table.iterrows():
+            cells = [f"**{v}**" if (i, c) in bold else v.replace("|", "\\|") for c, v in row.items()]
+            out.append("| " + " | ".join(cells) + " |")
+        sentence = _gain_sentence(group)
+        out.append(f"\n{sentence}\n" if sentence else "")
+    return "\n".join(out)
+
+
+def to_markdown(board, title):
+    return f"# {title}\n\n{INTRO}\n\n{markdown_tables(board)}"
+
+
+def to_html(board, title):
+    parts = [f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif} table{border-collapse:collapse} "
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(INTRO)}</p>"]
+    for name, group in _groups(board):
+        table, bold, same = _display(group)
+        cells = table.map(html.escape)
+        for i, c in bold:
+            cells.loc[i, c] = f"<b>{cells.loc[i, c]}</b>"
+        parts.append(f"<h2>{html.escape(name)}</h2>")
+        if same:
+            parts.append("<p>Same for every row: "
+                         + html.escape(", ".join(f"{k}={_number(v)}" for k, v in same.items())) + "</p>")
+        parts.append(cells.to_html(index=False, escape=False, border=0))
+        parts.append(f"<p>{html.escape(_gain_sentence(group))}</p>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+def write_atomic(path, data):
+    """Write str or bytes to path via a temp file in the same folder and os.replace, so a reader
+    (or a crash) never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def _csv(frame):
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    return buffer.getvalue()
+
+
+def experiment_name(df, fallback):
+    names = df["name"].dropna().unique() if "name" in df else []
+    return str(names[0]) if len(names) == 1 else str(fallback)
+
+
+def write(results_dir):
+    """Write per_config.csv, leaderboard.{csv,md,html} and figures/*.png into the results folder.
+    Returns the written paths; figures that lack data are skipped with a printed one-line note."""
+    from hero_bench import figures  # figures builds on this module; imported here to avoid a cycle
+
+    folder = trials_path(results_dir).parent
+    df = load_trials(results_dir)
+    board = leaderboard(df)
+    title = f"Leaderboard: {experiment_name(df, folder.name)}"
+    written = [write_atomic(folder / "per_config.csv", _csv(per_config(df))),
+               write_atomic(folder / "leaderboard.csv", _csv(board)),
+               write_atomic(folder / "leaderboard.md", to_markdown(board, title)),
+               write_atomic(folder / "leaderboard.html", to_html(board, title))]
+    drawn, skipped = figures.write_figures(df, folder / "figures")
+    for note in skipped:
+        print(f"figure skipped: {note}")
+    return written + drawn

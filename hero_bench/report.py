@@ -1,0 +1,165 @@
+"""The W&B report of a finished sweep (wandb-workspaces), and the same content as report.md.
+
+`build_report` is pure: it builds the report object (blocks and panels) without any network call,
+so it can be inspected offline. `publish` saves it to W&B when credentials exist and the mode is
+online; report.md is written in every case, so a results folder always carries its report.
+"""
+import netrc
+import os
+from urllib.parse import urlparse
+
+import pandas as pd
+import wandb_workspaces.reports.v2 as wr
+
+from hero_bench.errors import HeroBenchError
+from hero_bench.figures import CAPTIONS, FIGURES, figure_kind
+from hero_bench.leaderboard import (INTRO, experiment_name, leaderboard, load_trials, markdown_tables,
+                                    metric_columns, shown_metrics, trials_path, write_atomic)
+
+# The sweep's knobs and the accuracies they drive, as parallel axes (config keys, then summary metrics).
+PARALLEL_CONFIG = ("optimizer.radius", "optimizer.hessian_coef", "data.label_noise")
+PARALLEL_METRICS = ("val_acc", "test_acc")
+# Runs carry their method family as W&B job type (tracking.py), so panels group by it.
+FAMILY = "JobType"
+PANELS_NOTE = ("The panels below read the experiment's W&B runs (group `{name}`), grouped by method family "
+               "(the runs' job type); they aggregate every run of a family, while the leaderboard and the figures "
+               "use the configuration chosen by validation accuracy.")
+
+
+def _load(source):
+    """results folder, trials.csv path or DataFrame -> (experiment name, trials, folder or None)."""
+    if isinstance(source, pd.DataFrame):
+        return experiment_name(source, "hero-bench"), source, None
+    folder = trials_path(source).parent
+    df = load_trials(source)
+    return experiment_name(df, folder.name), df, folder
+
+
+def _summary(name, df):
+    counts = df["status"].value_counts()
+    statuses = ", ".join(f"{n} {status}" for status, n in counts.items())
+    datasets = ", ".join(map(str, sorted(df["data.name"].unique())))
+    models = ", ".join(map(str, sorted(df["model.name"].unique())))
+    noise = ", ".join(f"{p:g}" for p in sorted(df["data.label_noise"].unique()))
+    return (f"Experiment `{name}`: {len(df)} trials ({statuses}) on {datasets} with {models}; "
+            f"label noise {noise}; {df['train.seed'].nunique()} seed(s) per configuration. "
+            "Hyperparameters are chosen on validation accuracy; test accuracy is reported, never used to choose.")
+
+
+def _figures(folder):
+    """(path relative to the results folder, caption) of every figure drawn for this experiment."""
+    if folder is None:
+        return []
+    kinds = list(FIGURES)
+
+    def order(path):  # per (dataset, model), in the order figures.py draws them
+        kind = figure_kind(path)
+        return (path.name.removeprefix(f"{kind}_"), kinds.index(kind)) if kind else (path.name, len(kinds))
+
+    found = sorted((folder / "figures").glob("*.png"), key=order)
+    return [(p.relative_to(folder).as_posix(), CAPTIONS.get(figure_kind(p), p.stem)) for p in found]
+
+
+def _panels(df):
+    """W&B panels for the metrics the trials table has."""
+    metrics = shown_metrics(metric_columns(df))
+    columns = ([wr.ParallelCoordinatesPlotColumn(metric=wr.Config(key)) for key in PARALLEL_CONFIG]
+               + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(m)) for m in PARALLEL_METRICS])
+    panels = [wr.ParallelCoordinatesPlot(title="radius, hessian_coef, label noise -> accuracy", columns=columns,
+                                         layout=wr.Layout(w=24, h=8))]
+    ptq = [m for m in metrics if m.startswith("ptq_acc_") and not m.endswith("per_channel")]
+    if ptq:
+        panels.append(wr.BarPlot(title="test accuracy after PTQ, per bit width (%)", metrics=ptq,
+                                 groupby=FAMILY, groupby_aggfunc="mean", groupby_rangefunc="stddev",
+                                 orientation="v", layout=wr.Layout(w=12, h=8)))
+    if "hessian_top_eig" in metrics:
+        panels.append(wr.BarPlot(title="top Hessian eigenvalue per family", metrics=["hessian_top_eig"],
+                                 groupby=FAMILY, groupby_aggfunc="mean", groupby_rangefunc="stddev",
+                                 orientation="v", layout=wr.Layout(w=12, h=8)))
+    if "grad_evals" in metrics:
+        panels.append(wr.ScatterPlot(title="test accuracy vs gradient evaluations", x="grad_evals", y="test_acc",
+                                     layout=wr.Layout(w=12, h=8)))
+    return panels
+
+
+def build_report(source, *, entity, project, title=None, figures_base_url=None):
+    """The W&B report of a results folder (or trials DataFrame), built without network access.
+
+    Blocks: summary, leaderboard tables (markdown), a panel grid over the experiment's runs
+    (parallel coordinates radius/hessian_coef/label noise -> val/test accuracy, PTQ accuracy per
+    bit width, Hessian top eigenvalue per family, accuracy vs compute), and the figures: images
+    when `figures_base_url` (where the results folder is served, e.g. a raw GitHub URL) is given,
+    otherwise their relative paths.
+    """
+    name, df, folder = _load(source)
+    runset = wr.Runset(entity=entity, project=project, name=name, filters=f"Group = '{name}'")
+    blocks = [wr.MarkdownBlock(text=_summary(name, df)),
+              wr.H1(text="Leaderboard"),
+              wr.MarkdownBlock(text=f"{INTRO}\n\n{markdown_tables(leaderboard(df), heading='###')}"),
+              wr.H1(text="Sweep"),
+              wr.MarkdownBlock(text=PANELS_NOTE.format(name=name)),
+              wr.PanelGrid(runsets=[runset], panels=_panels(df))]
+    figures = _figures(folder)
+    if figures:
+        blocks.append(wr.H1(text="Figures"))
+        if figures_base_url:
+            base = figures_base_url.rstrip("/")
+            blocks += [wr.Image(url=f"{base}/{path}", caption=caption) for path, caption in figures]
+        else:
+            blocks.append(wr.MarkdownBlock(text="\n".join(f"- {caption}: `{folder.name}/{path}`"
+                                                          for path, caption in figures)))
+    return wr.Report(entity=entity, project=project, title=title or f"hero-bench: {name}",
+                     description="HERO vs SGD, SAM and GradNorm: generalization, label noise, quantization, "
+                                 "curvature and cost", blocks=blocks)
+
+
+def report_markdown(results_dir, *, title=None):
+    """The report's content as markdown: summary, leaderboard tables inline, figures linked relatively."""
+    name, df, folder = _load(results_dir)
+    parts = [f"# {title or f'hero-bench: {name}'}\n", _summary(name, df) + "\n",
+             "## Leaderboard\n", INTRO + "\n", markdown_tables(leaderboard(df), heading="###"),
+             "## Figures\n"]
+    figures = _figures(folder)
+    parts += [f"### {caption}\n\n![{caption}]({path})\n" for path, caption in figures] or \
+             ["No figures drawn yet (`hero-bench leaderboard` draws them).\n"]
+    parts.append("## W&B\n\nPublished with `hero-bench report`, the W&B version of this report adds live panels "
+                 "over the experiment's runs: a parallel-coordinates plot of radius, hessian_coef and label noise "
+                 "against validation and test accuracy, PTQ accuracy per bit width and the Hessian top eigenvalue "
+                 "per family, and test accuracy against gradient evaluations.\n")
+    return "\n".join(parts)
+
+
+def has_credentials():
+    """True when W&B can authenticate: WANDB_API_KEY is set or `wandb login` stored a key in netrc.
+    Only the key's presence is checked; the key is never read into hero-bench's outputs."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def publish(results_dir, entity, project, *, title=None, figures_base_url=None):
+    """Write results/<name>/report.md; when W&B credentials exist and WANDB_MODE is online (the
+    default), also save the report to W&B and print its URL. Returns the URL or the report.md path."""
+    folder = trials_path(results_dir).parent
+    path = write_atomic(folder / "report.md", report_markdown(results_dir, title=title))
+    mode = os.environ.get("WANDB_MODE", "online")
+    if mode in ("offline", "disabled", "dryrun") or not has_credentials():
+        reason = f"WANDB_MODE={mode}" if has_credentials() else "no W&B credentials"
+        print(f"Wrote {path}; W&B report not published ({reason}). To publish it: `wandb login`, then "
+              f"`hero-bench report {folder} --entity {entity or 'ENTITY'} --project {project or 'PROJECT'}`"
+              + (" with WANDB_MODE=online" if has_credentials() else ""))
+        return path
+    if not entity or not project:
+        raise HeroBenchError("publishing a W&B report needs --entity and --project")
+    report = build_report(results_dir, entity=entity, project=project, title=title,
+                          figures_base_url=figures_base_url)
+    try:
+        report.save()
+    except Exception as error:  # network, permissions, unknown entity: one line for the user
+        raise HeroBenchError(f"could not save the W&B report to {entity}/{project}: {error}") from error
+    print(f"Wrote {path}; W&B report: {report.url}")
+    return report.url

@@ -1,0 +1,48 @@
+"""Figures are real, non-blank PNGs; a figure without data for its axes is skipped and named."""
+from pathlib import Path
+
+import matplotlib.image
+import pandas as pd
+
+from hero_bench import figures
+from hero_bench.leaderboard import per_config, select_best
+
+FIXTURE = Path(__file__).parent / "fixtures" / "trials_small.csv"  # digits/mlp, 6 configs, 2 noise levels, 2 seeds
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_readable_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000, path
+    pixels = matplotlib.image.imread(path)
+    assert pixels.std() > 0.05, f"{path} looks blank"  # a white canvas has std 0
+
+
+def test_every_figure_is_a_nonblank_png(tmp_path):
+    written, skipped = figures.write_figures(pd.read_csv(FIXTURE), tmp_path / "figures")
+    assert skipped == []
+    assert sorted(p.name for p in written) == [f"{kind}_digits_mlp.png" for kind in
+                                               ("compute", "heatmap", "hessian", "label_noise", "ptq")]
+    for path in written:
+        assert_readable_png(path)
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(p.name for p in written)
+
+
+def test_figures_without_data_are_skipped_and_named(tmp_path):
+    trials = pd.read_csv(FIXTURE)
+    trials = trials[trials["data.label_noise"] == 0].drop(columns=["hessian_top_eig", "hessian_trace"])
+    written, skipped = figures.write_figures(trials, tmp_path)
+    assert skipped == ["label_noise_digits_mlp.png: a single label-noise level",
+                       "hessian_digits_mlp.png: no hessian_top_eig column in trials.csv"]
+    assert sorted(p.name for p in written) == ["compute_digits_mlp.png", "heatmap_digits_mlp.png",
+                                               "ptq_digits_mlp.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+
+
+def test_grid_and_bit_width_figures_need_two_points():
+    trials = pd.read_csv(FIXTURE)
+    trials = trials[trials["optimizer.name"] != "hero"].drop(columns=["ptq_acc_4bit", "ptq_acc_2bit"])
+    configs = per_config(trials)
+    chosen = select_best(configs)
+    assert figures.heatmap(configs, chosen, "t") == "no hero configurations"
+    assert figures.ptq(configs, chosen, "t") == "fewer than two ptq_acc_{b}bit columns with data"
