@@ -1,0 +1,147 @@
+"""The `hero-bench` command. Sub-commands import what they need lazily, so `train` and `list`
+never load Ray or W&B."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from hero_bench.errors import HeroBenchError
+
+KINDS = ("datasets", "models", "methods", "metrics")
+
+EPILOG = """examples:
+  hero-bench sweep experiments/quickstart.yaml          run the quickstart sweep with Ray Tune
+  hero-bench train experiments/quickstart.yaml --set optimizer.name=hero --set optimizer.hessian_coef=100
+  hero-bench list models
+  hero-bench leaderboard results/quickstart             rebuild tables and figures
+  hero-bench report results/quickstart --entity me --project hero-bench
+"""
+
+
+def registries():
+    from hero_bench import data, methods, metrics, models
+
+    return {"datasets": data.DATASETS, "models": models.MODELS, "methods": methods.METHODS, "metrics": metrics.METRICS}
+
+
+def cmd_list(args):
+    for kind, registry in registries().items():
+        if args.kind in (None, kind):
+            print(f"{kind}: {', '.join(registry.names(args.pattern))}")
+
+
+def format_table(result):
+    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in result.items() if k != "error"]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def write_atomic(path, text):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def cmd_train(args):
+    from hero_bench import config as config_module
+    from hero_bench.train import run_trial
+
+    config = config_module.load(args.file, args.set)
+    result = run_trial(config, progress=not args.quiet)
+    print(format_table(result))
+    out = Path(args.out or Path("runs") / config.name)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out / 'metrics.json'} and {out / 'config.yaml'}")
+    return 0 if result["status"] == "completed" else 1
+
+
+def cmd_sweep(args):
+    from hero_bench import sweep
+
+    return sweep.main(args)
+
+
+def cmd_leaderboard(args):
+    from hero_bench import leaderboard
+
+    for path in leaderboard.write(args.path):
+        print(f"wrote {path}")
+
+
+def cmd_report(args):
+    from hero_bench import report
+
+    report.publish(args.path, entity=args.entity, project=args.project)
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog="hero-bench",
+        description="Benchmark HERO (Hessian-Enhanced Robust Optimization) against SGD, SAM and a "
+        "gradient-norm penalty: single trials, Ray Tune sweeps, leaderboards and W&B reports.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_overrides(sp):
+        sp.add_argument("file", help="experiment YAML file (see experiments/)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set optimizer.radius=0.5 (repeatable; values parsed as YAML)")
+
+    sp = sub.add_parser("train", help="train one configuration and print its metrics",
+                        description="Train a single trial of an experiment file (its sweep section is ignored).")
+    with_overrides(sp)
+    sp.add_argument("--out", help="folder for metrics.json and config.yaml (default: runs/<name>)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("sweep", help="run every (configuration, seed) trial with Ray Tune",
+                        description="Run an experiment's sweep with Ray Tune; results go to results/<name>/.")
+    with_overrides(sp)
+    sp.add_argument("--address", help="Ray cluster to join: 'auto' or ray://host:10001 (default: start a local Ray)")
+    sp.add_argument("--storage", help="where Ray keeps run folders and checkpoints: a path or a URI such as s3://bucket/x (default: ray_results/)")
+    sp.add_argument("--results", default="results", help="parent folder of results/<name>/ (default: results)")
+    group = sp.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are not rerun")
+    group.add_argument("--overwrite", action="store_true", help="replace the results of an earlier sweep with the same name")
+    sp.add_argument("--max-concurrent", type=int, metavar="N", help="override sweep.max_concurrent_trials")
+    sp.add_argument("--wandb", choices=("offline", "online", "disabled"), help="override tracking.wandb")
+    sp.set_defaults(func=cmd_sweep)
+
+    sp = sub.add_parser("leaderboard", help="rebuild leaderboards and figures from trials.csv",
+                        description="Rebuild leaderboard.{md,csv,html} and figures/ from a results folder or a trials.csv.")
+    sp.add_argument("path", help="results/<name> or a trials.csv")
+    sp.set_defaults(func=cmd_leaderboard)
+
+    sp = sub.add_parser("report", help="build a W&B report (or report.md when offline)",
+                        description="Build a W&B report of a finished sweep; saved online with credentials, else written as report.md.")
+    sp.add_argument("path", help="results/<name>")
+    sp.add_argument("--entity", help="W&B entity (user or team)")
+    sp.add_argument("--project", default="hero-bench", help="W&B project (default: hero-bench)")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("list", help="list registered datasets, models, methods and metrics")
+    sp.add_argument("kind", nargs="?", choices=KINDS, help="only this registry")
+    sp.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'resnet*'")
+    sp.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except HeroBenchError as exc:
+        print(f"hero-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hero-bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Single-trial training: config -> (dataset, model, method) -> per-epoch reports -> final metrics.
+
+`run_trial` knows nothing of Ray or W&B. The sweep hooks in through `report(metrics, state)`, called
+after every epoch (`state` is a checkpointable dict every `sweep.checkpoint_every` epochs, else None),
+and through `resume` (such a dict) to continue a trial where a checkpoint left it.
+"""
+import copy
+import dataclasses
+import math
+import resource
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from hero_bench import data as datasets
+from hero_bench import methods, metrics, models
+from hero_bench.config import Config, ConfigError, from_dict
+from hero_bench.errors import DivergedError
+
+
+class InjectedFault(RuntimeError):
+    """Raised by `train.fail_at_epoch`, so tests can exercise retries from checkpoints."""
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def make_scheduler(optimizer, train):
+    """Learning-rate schedule over epochs (stepped once per epoch, as in the authors' code)."""
+    if train.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
+    if train.schedule == "step":
+        milestones = sorted({max(1, round(f * train.epochs)) for f in train.lr_steps})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=train.lr_decay)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def build(config, device):
+    """The three things a trial is made of, from a validated config."""
+    d, m, o, t = config.data, config.model, config.optimizer, config.train
+    dataset = datasets.load(
+        d.name, seed=t.seed, device=device, root=d.root, download=d.download,
+        val_fraction=d.val_fraction, label_noise=d.label_noise, **d.args,
+    )
+    torch.manual_seed(t.seed)  # model initialisation is a function of the seed alone
+    model = models.create(m.name, dataset.input_shape, dataset.num_classes, **m.args).to(device)
+    optimizer = methods.create(
+        o.name, model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov,
+        radius=o.radius, hessian_coef=o.hessian_coef, adaptive=o.adaptive, hvp=o.hvp,
+        hvp_check_every=o.hvp_check_every, hessian_every=o.hessian_every,
+    )
+    return dataset, model, optimizer
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux and bytes on macOS
+    scale = 2**20 if sys.platform == "darwin" else 2**10
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def train_one_epoch(model, optimizer, dataset, config, generator, autocast, bar=None):
+    """One pass over the training set; returns (mean loss, accuracy in percent) on the training labels."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for inputs, targets in dataset.train_batches(config.train.batch_size, generator):
+        first = {}
+
+        def closure():
+            with autocast():
+                outputs = model(inputs)
+                loss = F.cross_entropy(outputs.float(), targets)
+            first.setdefault("outputs", outputs.detach())  # the unperturbed pass, for train accuracy
+            return loss
+
+        loss = optimizer.step(closure)
+        total_loss += loss.item() * len(targets)
+        correct += (first["outputs"].argmax(1) == targets).sum().item()
+        seen += len(targets)
+        if bar is not None:
+            bar.update(1)
+    return total_loss / seen, 100.0 * correct / seen
+
+
+def checkpoint_state(model, optimizer, scheduler, generator, epoch, history):
+    """A snapshot (deep copy: state_dict() tensors alias the live ones) to resume this trial from."""
+    return copy.deepcopy({
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng_torch": torch.get_rng_state(),
+        "rng_generator": generator.get_state(),
+        "history": history,
+    })
+
+
+def run_trial(config, report=None, resume=None, progress=False):
+    """Train one (configuration, seed) and return its final metrics (keys of DESIGN.md section 3).
+
+    `config`: a Config or a nested dict. `report(metrics, state)`: called after each epoch.
+    `resume`: a dict from a previous `state` to continue from. A NaN/inf loss ends the trial with
+    status 'diverged' and the epoch it happened in; it is not an exception for the caller.
+    """
+    if not isinstance(config, Config):
+        config = from_dict(config)
+    train = config.train
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    device = resolve_device(train.device)
+    if train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision is 'bf16' but this CUDA device does not support bfloat16; use fp32")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if train.precision == "bf16" else nullcontext
+
+    dataset, model, optimizer = build(config, device)
+    scheduler = make_scheduler(optimizer, train)
+    generator = torch.Generator().manual_seed(train.seed)
+    start_epoch, history = 0, []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng_torch"])
+        generator.set_state(resume["rng_generator"])
+        start_epoch, history = resume["epoch"], list(resume["history"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    result = {"status": "completed", "label_noise_realized": dataset.label_noise_realized, "resumed_from_epoch": start_epoch}
+    batches_per_epoch = math.ceil(len(dataset.train_y) / train.batch_size)
+    bar = tqdm(total=(train.epochs - start_epoch) * batches_per_epoch, desc=config.name, disable=not progress, leave=False)
+    checkpoint_every = config.sweep.checkpoint_every
+    for epoch in range(start_epoch + 1, train.epochs + 1):
+        if train.fail_at_epoch == epoch and start_epoch == 0:
+            raise InjectedFault(f"injected fault at epoch {epoch} (train.fail_at_epoch)")
+        started = time.perf_counter()
+        try:
+            train_loss, train_acc = train_one_epoch(model, optimizer, dataset, config, generator, autocast, bar)
+        except DivergedError as exc:
+            result.update(status="diverged", diverged_epoch=epoch, error=str(exc))
+            break
+        scheduler.step()
+        seconds = time.perf_counter() - started
+        history.append(seconds)
+        epoch_metrics = {
+            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+            "val_acc": metrics.accuracy(model, dataset.val_x, dataset.val_y, train.eval_batch_size),
+            "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
+        }
+        result.update(epoch_metrics)
+        if epoch == train.epochs:
+            result.update(final_metrics(model, optimizer, dataset, config, history, device))
+        if report is not None:
+            due = epoch % checkpoint_every == 0 or epoch == train.epochs
+            state = checkpoint_state(model, optimizer, scheduler, generator, epoch, history) if due else None
+            report(dict(result), state)
+    bar.close()
+    result["epochs_done"] = len(history)
+    if result["status"] == "diverged":
+        result.update(cost_metrics(optimizer, dataset, history, device))
+        if report is not None:
+            report(dict(result), None)
+    return result
+
+
+def cost_metrics(optimizer, dataset, history, device):
+    seconds = sum(history) / len(history) if history else float("nan")
+    return {
+        "grad_evals": optimizer.grad_evals,
+        "hvp_evals": optimizer.hvp_evals,
+        "hvp_fallback_step": optimizer.hvp_fallback_step,
+        "time_per_epoch_s": seconds,
+        "samples_per_s": len(dataset.train_y) / seconds if history else float("nan"),
+        "peak_mem_mb": peak_memory_mb(device),
+        "train_time_s": sum(history),
+    }
+
+
+def final_metrics(model, optimizer, dataset, config, history, device):
+    """Test accuracy, clean training accuracy, generalization gap, the `evaluate:` metrics and cost."""
+    batch = config.train.eval_batch_size
+    out = {
+        "test_acc": metrics.accuracy(model, dataset.test_x, dataset.test_y, batch),
+        "train_acc_clean": metrics.accuracy(model, dataset.train_x, dataset.train_y_clean, batch),
+    }
+    out["gen_gap"] = out["train_acc_clean"] - out["test_acc"]
+    started = time.perf_counter()
+    out.update(metrics.evaluate(model, dataset, dataclasses.asdict(config.evaluate), config.train.seed))
+    out["eval_time_s"] = time.perf_counter() - started
+    out.update(cost_metrics(optimizer, dataset, history, device))
+    return out
