@@ -1,0 +1,118 @@
+"""W&B tracking of a sweep: one run per trial, one summary run at the end.
+
+Runs live under results/<name>/wandb/ (git-ignored), in `offline` mode by default so no account is
+needed (`wandb sync results/<name>/wandb/offline-run-*` uploads them later). Tracking never takes a
+sweep down: any W&B failure becomes one warning and tracking is switched off for the rest of the sweep.
+The API key is read by wandb from the environment or its netrc; hero-bench never reads or writes it.
+"""
+import copy
+import warnings
+from pathlib import Path
+
+from ray import tune
+
+from hero_bench.config import set_dotted
+from hero_bench.leaderboard import method_family
+
+INIT_TIMEOUT_S = 30  # online mode without network must not stall a trial for wandb's default 90 s
+
+
+def callbacks(config, results_dir):
+    """The Ray Tune callbacks that tracking adds to a sweep (none when W&B is disabled)."""
+    if config.tracking.wandb == "disabled":
+        return []
+    return [WandbTrials(config, results_dir)]
+
+
+def numeric(metrics):
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class WandbTrials(tune.Callback):
+    """Ray Tune callback in the sweep driver: logs each trial's config, epochs and final metrics."""
+
+    def __init__(self, config, results_dir):
+        self.name = config.name
+        self.tracking = config.tracking
+        self.base = config.to_dict()
+        self.dir = Path(results_dir) / "wandb"
+        self.runs = {}
+        self.enabled = True
+
+    def __getstate__(self):  # Ray pickles callbacks with the experiment state; live runs stay behind
+        state = dict(self.__dict__)
+        state["runs"] = {}
+        return state
+
+    def guarded(self, what, fn, *args, **kwargs):
+        if not self.enabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+            self.enabled = False
+            warnings.warn(f"W&B {what} failed ({type(exc).__name__}: {exc}); tracking is off for the rest of this sweep, results continue", stacklevel=2)
+            return None
+
+    def init(self, **kwargs):
+        import wandb
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return wandb.init(
+            project=self.tracking.project, entity=self.tracking.entity, group=self.name, dir=str(self.dir),
+            mode=self.tracking.wandb, reinit="create_new", settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True),
+            **kwargs,
+        )
+
+    def start_run(self, trial):
+        # W&B config stays nested ({"optimizer": {"radius": ...}}), so report panels can address
+        # config:optimizer.radius; the swept values replace the base ones.
+        config = copy.deepcopy(self.base)
+        config.pop("sweep")
+        for key, value in trial.config.items():
+            set_dotted(config, key, value)
+        opt = config["optimizer"]
+        family = method_family({"optimizer.name": opt["name"], "optimizer.radius": opt["radius"], "optimizer.hessian_coef": opt["hessian_coef"]})
+        self.runs[trial.trial_id] = self.init(
+            id=f"{self.name}-{trial.trial_id}", name=f"{family}-{trial.trial_id}", job_type=family, tags=[family],
+            config=config, resume="allow",
+        )
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.guarded("run start", self.start_run, trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run = self.runs.get(trial.trial_id)
+        if run is not None:
+            self.guarded("log", run.log, numeric(result), step=int(result.get("epoch", result.get("training_iteration", 0))))
+
+    def end_run(self, trial, status):
+        run = self.runs.pop(trial.trial_id, None)
+        if run is None:
+            return
+        run.summary.update(numeric(trial.last_result))
+        run.summary["status"] = trial.last_result.get("status", status)
+        run.finish(exit_code=0 if status == "completed" else 1)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.guarded("run finish", self.end_run, trial, "completed")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.guarded("run finish", self.end_run, trial, "failed")
+
+    def finish_sweep(self, results_dir):
+        """One summary run: the leaderboard as a wandb.Table and the figures as images."""
+        self.guarded("summary run", self.log_summary, Path(results_dir))
+
+    def log_summary(self, results_dir):
+        import pandas as pd
+        import wandb
+
+        run = self.init(id=f"{self.name}-summary", name=f"{self.name}-summary", job_type="summary", resume="allow")
+        board = results_dir / "leaderboard.csv"
+        if board.exists():
+            run.log({"leaderboard": wandb.Table(dataframe=pd.read_csv(board))})
+        images = {f"figures/{p.stem}": wandb.Image(str(p)) for p in sorted((results_dir / "figures").glob("*.png"))}
+        if images:
+            run.log(images)
+        run.finish()

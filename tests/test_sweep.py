@@ -1,0 +1,106 @@
+"""End-to-end sweeps through a real local Ray (started once for this module, always shut down)."""
+import pandas as pd
+import pytest
+import ray
+
+from hero_bench import config as config_module
+from hero_bench import sweep
+from hero_bench.errors import ConfigError
+from hero_bench.train import run_trial
+
+TINY = {
+    "name": "tiny",
+    "data": {"name": "synthetic", "args": {"num_samples": 200, "input_shape": [1, 4, 4], "num_classes": 3}},
+    "model": {"name": "mlp", "args": {"hidden": [8]}},
+    "train": {"epochs": 2, "batch_size": 50, "lr": 0.05, "threads": 1},
+    "optimizer": {"name": "hero", "hvp": "exact"},
+    "evaluate": {"ptq_bits": [4], "hessian": {"top_eigenvalue": False, "trace": False}, "weight_noise": {"sigmas": []}},
+    "sweep": {"space": {"optimizer.radius": [0.0, 0.1], "optimizer.hessian_coef": [0.0, 1.0]}, "seeds": [0],
+              "resources_per_trial": {"cpu": 1}},
+    "tracking": {"wandb": "disabled"},
+}
+
+
+def make(**sweep_section):
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}
+    raw["sweep"] = {**TINY["sweep"], **sweep_section}
+    return config_module.from_dict(raw)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_grid_sweep_writes_one_row_per_trial_matching_what_each_trial_ran(tmp_path):
+    config = make()
+    frame = sweep.run(config, results_root=tmp_path / "results", storage=str(tmp_path / "ray"))
+    written = pd.read_csv(tmp_path / "results" / "tiny" / "trials.csv")
+    assert len(written) == 4 and set(written["status"]) == {"completed"}
+    assert sorted(zip(written["optimizer.radius"], written["optimizer.hessian_coef"])) == [(0.0, 0.0), (0.0, 1.0), (0.1, 0.0), (0.1, 1.0)]
+    for column in [*sweep.ALWAYS_COLUMNS, "trial_id", "status", "test_acc", "val_acc", "ptq_acc_4bit", "grad_evals"]:
+        assert column in written.columns, column
+    # each row's metrics are exactly those of the same configuration trained here, in-process
+    for _, row in written.iterrows():
+        params = {"optimizer.radius": row["optimizer.radius"], "optimizer.hessian_coef": row["optimizer.hessian_coef"], "train.seed": 0}
+        direct = run_trial(sweep.trial_config(config.to_dict(), params))
+        assert row["test_acc"] == pytest.approx(direct["test_acc"]) and row["grad_evals"] == direct["grad_evals"]
+    assert len(frame) == 4
+
+
+def test_asha_stops_clearly_worse_configurations_early(tmp_path):
+    raw = {**TINY, "train": {**TINY["train"], "epochs": 4}}
+    raw["sweep"] = {"space": {"train.lr": [0.1, 1e-6, 1e-6, 1e-6]}, "seeds": [0], "scheduler": "asha",
+                    "asha": {"grace_period": 1, "reduction_factor": 2}, "max_concurrent_trials": 1}
+    frame = sweep.run(config_module.from_dict(raw), results_root=tmp_path / "r", storage=str(tmp_path / "ray"))
+    assert len(frame) == 4
+    assert (frame["status"] == "stopped").sum() >= 1
+    assert frame.loc[frame["train.lr"] == 0.1, "status"].item() == "completed"
+
+
+def test_a_failing_trial_is_retried_from_its_checkpoint(tmp_path):
+    raw = {**TINY, "train": {**TINY["train"], "epochs": 3, "fail_at_epoch": 2}}
+    raw["sweep"] = {"space": {}, "seeds": [0], "max_failures": 1, "checkpoint_every": 1}
+    frame = sweep.run(config_module.from_dict(raw), results_root=tmp_path / "r", storage=str(tmp_path / "ray"))
+    row = frame.iloc[0]
+    # a restart from scratch would hit the fault again and fail; a resume continues after epoch 1
+    assert row["status"] == "completed" and row["epochs_done"] == 3 and row["resumed_from_epoch"] == 1
+
+
+def test_an_existing_sweep_is_not_overwritten_without_being_told(tmp_path):
+    config = make(space={"optimizer.radius": [0.0]})
+    sweep.run(config, results_root=tmp_path / "r", storage=str(tmp_path / "ray"))
+    before = (tmp_path / "r" / "tiny" / "trials.csv").read_text()
+    with pytest.raises(ConfigError, match="--resume to continue it or --overwrite"):
+        sweep.run(config, results_root=tmp_path / "r", storage=str(tmp_path / "ray"))
+    assert (tmp_path / "r" / "tiny" / "trials.csv").read_text() == before
+    frame = sweep.run(config, results_root=tmp_path / "r", storage=str(tmp_path / "ray2"), overwrite=True)
+    assert len(frame) == 1
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"optimizer.radiuss": [0.1]}, "unknown key 'optimizer.radiuss'"),
+    ({"optimizer.radius": []}, "sweep.space.optimizer.radius is an empty list"),
+    ({"optimizer.radius": [-1.0]}, r"sweep.space.optimizer.radius: optimizer.radius must be in \[0, inf\)"),
+    ({"train.lr": {"dist": "gaussian", "low": 0, "high": 1}}, "dist must be one of uniform, loguniform, randint, choice"),
+    ({"train.lr": {"dist": "loguniform", "low": 0, "high": 1}}, "loguniform needs low > 0"),
+])
+def test_bad_sweep_spaces_fail_before_anything_is_written(tmp_path, space, message):
+    with pytest.raises(ConfigError, match=message):
+        sweep.run(make(space=space), results_root=tmp_path / "r", storage=str(tmp_path / "ray"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_gpu_request_without_gpus_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="resources_per_trial.gpu is 0.5 but the Ray cluster has 0 GPUs"):
+        sweep.run(make(resources_per_trial={"cpu": 1, "gpu": 0.5}), results_root=tmp_path / "r", storage=str(tmp_path / "ray"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_with_nothing_to_resume_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        sweep.run(make(), results_root=tmp_path / "r", storage=str(tmp_path / "ray"), resume=True)
