@@ -323,6 +323,9 @@ def set_dotted(raw, key, value):
             # a free-form mapping such as model.args or sweep.space: any sub-key is allowed
             if hint is dict:
                 sub = node.setdefault(part, {})
+                if key.startswith("sweep.space."):  # its keys are themselves dotted config keys
+                    sub[".".join(parts[depth + 1:])] = value
+                    return raw
                 for inner in parts[depth + 1:-1]:
                     sub = sub.setdefault(inner, {})
                 sub[parts[-1]] = value

@@ -29,6 +29,11 @@ def test_override_values_are_never_evaluated(tmp_path):
         config.load(write(tmp_path, "name: t\n"), ["name=__import__('os').getcwd()"])
 
 
+def test_a_sweep_axis_can_be_set_from_the_command_line(tmp_path):
+    cfg = config.load(write(tmp_path, "name: t\n"), ["sweep.space.optimizer.hessian_coef=[0, 10]"])
+    assert cfg.sweep.space == {"optimizer.hessian_coef": [0, 10]}
+
+
 def test_integers_are_accepted_where_floats_are_expected(tmp_path):
     assert config.load(write(tmp_path, "optimizer: {hessian_coef: 100}\n")).optimizer.hessian_coef == 100.0
 

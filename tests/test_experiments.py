@@ -1,0 +1,166 @@
+"""The experiment files under experiments/: each loads and its sweep validates; the CIFAR ones hold the
+authors' setting, document commands that work, differ per dataset only in label noise and evaluation,
+and every model of their grid trains one step on synthetic data of CIFAR's shape (the real sweeps are
+for a GPU cluster, not CI)."""
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hero_bench import cli, sweep
+from hero_bench import config as config_module
+from hero_bench.train import run_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+CIFAR = [path for path in EXPERIMENTS if path.name.startswith("cifar")]
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+ids = [path.stem for path in EXPERIMENTS]
+cifar_ids = [path.stem for path in CIFAR]
+
+
+def documented_commands(path):
+    """The `hero-bench ...` commands in a file's comments as argv lists, backslash continuations joined."""
+    commands, current = [], None
+    for line in path.read_text().splitlines():
+        text = line[1:].strip() if line.startswith("#") else ""
+        if current is None and not text.startswith("hero-bench "):
+            continue
+        current = text if current is None else f"{current} {text}"
+        if current.endswith("\\"):
+            current = current[:-1].rstrip()
+        else:
+            commands.append(shlex.split(current))
+            current = None
+    return commands
+
+
+def one_step_trial(config, model):
+    """The file's trial for `model` (its other keys as in the file: hero at radius 0.5, hessian_coef 5),
+    shrunk to a single step on 4 synthetic images of CIFAR's shape and class count, batch 4, one
+    epoch, evaluation off: what is tested is that model, method and data shape fit together."""
+    classes = NUM_CLASSES[config.data.name]
+    samples = max(16, classes)  # synthetic needs as many images as classes in every split
+    params = {
+        "model.name": model,
+        "data.name": "synthetic",
+        "data.args": {"input_shape": [3, 32, 32], "num_classes": classes, "num_samples": samples, "num_test": classes},
+        "data.val_fraction": (samples - 4) / samples,  # the rest validates: one forward pass, not a HERO step
+        "train.epochs": 1,
+        "train.batch_size": 4,
+        "train.threads": 1,
+        "train.device": "cpu",
+        "evaluate": {"ptq_bits": [], "hessian": {"top_eigenvalue": False, "trace": False}, "weight_noise": {"sigmas": []}},
+    }
+    return sweep.trial_config(config.to_dict(), params)
+
+
+def training_setting(path):
+    """Everything an experiment file sets except its name, label noise and evaluation."""
+    raw = config_module.load(path).to_dict()
+    del raw["name"], raw["evaluate"], raw["data"]["label_noise"]
+    raw["sweep"]["space"].pop("data.label_noise", None)
+    return raw
+
+
+def test_the_six_cifar_experiments_of_the_paper_exist():
+    expected = {f"{data}_{claim}" for data in NUM_CLASSES for claim in ("generalization", "label_noise", "quantization")}
+    assert {path.stem for path in CIFAR} == expected
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=ids)
+def test_experiment_file_loads_and_its_sweep_space_validates(path):
+    config = config_module.load(path)
+    space = sweep.search_space(config)  # validates every grid value against the schema
+    assert space["train.seed"] == {"grid_search": config.sweep.seeds}
+
+
+@pytest.mark.parametrize("path", CIFAR, ids=cifar_ids)
+def test_cifar_file_holds_the_authors_setting_with_sgd_and_sam_on_its_grid(path):
+    config = config_module.load(path)
+    dataset, _, claim = path.stem.partition("_")
+    assert config.name == path.stem and config.data.name == dataset and config.data.download is False
+    t, o = config.train, config.optimizer
+    assert (t.epochs, t.batch_size, t.lr, t.schedule, t.momentum, t.weight_decay) == (200, 128, 0.1, "cosine", 0.9, 5e-4)
+    assert (o.name, o.radius, o.hessian_coef, o.adaptive) == ("hero", 0.5, 5.0, True)
+    space = config.sweep.space
+    assert {0.0, 0.5} <= set(space["optimizer.radius"])  # 0: SGD; 0.5: the authors' radius
+    assert {0.0, 5.0} <= set(space["optimizer.hessian_coef"])  # 0: SAM; 5: the authors' coefficient
+    assert space["model.name"] == ["resnet20", "mobilenet_v2"]
+    assert config.sweep.seeds == [0, 1, 2] and config.sweep.scheduler == "fifo"
+    assert (config.sweep.resources_per_trial.cpu, config.sweep.resources_per_trial.gpu) == (4, 0.5)
+    e = config.evaluate
+    assert (e.hessian.samples, e.hessian.probes, e.weight_noise.sigmas) == (1024, 32, [0.01, 0.05, 0.1])
+    assert e.ptq_bits == [8, 6, 5, 4, 3, 2]
+    if claim == "label_noise":
+        assert space["data.label_noise"] == [0.0, 0.2, 0.4, 0.6, 0.8]
+    if claim == "quantization":
+        assert e.ptq_per_channel is True
+
+
+@pytest.mark.parametrize("path", CIFAR, ids=cifar_ids)
+def test_cifar_file_states_its_true_trial_count(path):
+    config = config_module.load(path)
+    stated = re.search(r"= (\d+) trials", path.read_text())
+    assert stated, "the header should say how many trials the sweep runs"
+    grid = math.prod(len(values) for values in config.sweep.space.values()) * len(config.sweep.seeds)
+    assert int(stated.group(1)) == grid
+
+
+@pytest.mark.parametrize("path", CIFAR, ids=cifar_ids)
+def test_commands_in_cifar_file_comments_parse_and_give_valid_sweeps(path):
+    commands = documented_commands(path)
+    methods = set()
+    for argv in commands:
+        args = cli.parser().parse_args(argv[1:])
+        assert (ROOT / args.file).resolve() == path
+        config = config_module.load(ROOT / args.file, args.set)
+        sweep.search_space(config)
+        methods.add(config.optimizer.name)
+        if config.optimizer.name == "gradnorm":  # its own sweep: no radius axis to duplicate its runs
+            assert "optimizer.radius" not in config.sweep.space and config.name != path.stem
+    assert methods == {"hero", "gradnorm"}, "each file documents its sweep and a GradNorm baseline"
+
+
+@pytest.mark.parametrize("dataset", NUM_CLASSES)
+def test_label_noise_and_quantization_files_train_exactly_the_generalization_setting(dataset):
+    """So the three claims are measured on the same trainings: only label noise and evaluation differ."""
+    generalization, label_noise, quantization = (
+        training_setting(ROOT / "experiments" / f"{dataset}_{claim}.yaml") for claim in ("generalization", "label_noise", "quantization")
+    )
+    assert label_noise == generalization and quantization == generalization
+
+
+@pytest.mark.parametrize("dataset", NUM_CLASSES)
+def test_each_model_of_a_cifar_grid_trains_one_step_at_the_centre_point(dataset):
+    config = config_module.load(ROOT / "experiments" / f"{dataset}_generalization.yaml")
+    for model in config.sweep.space["model.name"]:
+        trial = one_step_trial(config, model)
+        assert (trial.optimizer.name, trial.optimizer.radius, trial.optimizer.hessian_coef) == ("hero", 0.5, 5.0)
+        result = run_trial(trial)
+        assert result["status"] == "completed" and result["epochs_done"] == 1, result.get("error")
+        assert math.isfinite(result["train_loss"]) and result["grad_evals"] >= 2  # a HERO step: g(W), g(W + z), ...
+
+
+def test_cluster_file_is_a_valid_ray_cluster_config_that_installs_this_repo():
+    from ray.autoscaler._private.util import prepare_config, validate_config  # what `ray up` runs first
+
+    raw = yaml.safe_load((ROOT / "experiments" / "cluster" / "cluster.yaml").read_text())
+    validate_config(prepare_config(raw))
+    assert raw["file_mounts"]["~/hero-bench"] == "."
+    assert any(cmd.startswith("pip install") and "~/hero-bench" in cmd for cmd in raw["setup_commands"])
+    assert raw["available_node_types"]["gpu_worker"]["min_workers"] >= 1  # sweeps refuse to start without a GPU
+
+
+def test_gpu_check_without_cuda_exits_non_zero_with_a_clear_message():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU visible, also on a machine that has one
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "no CUDA device" in done.stderr and "Traceback" not in done.stderr
