@@ -72,7 +72,7 @@ class HessianConfig:
     probes: int = 32
     tol: float = 1e-3
     max_iter: int = 100
-    batch_size: int = 256
+    batch_size: int = 512  # batches of the Hessian sample; one batch (>= samples) lets each HVP reuse the gradient graph
 
 
 @dataclass
@@ -103,7 +103,7 @@ class ResourcesConfig:
 
 @dataclass
 class SweepConfig:
-    space: dict = field(default_factory=dict)  # dotted key -> list (grid axis) or {dist: ...}
+    space: dict | list[dict] = field(default_factory=dict)  # dotted key -> list (grid axis) or {dist: ...}; a list of such grids runs their union
     seeds: list[int] = field(default_factory=lambda: [0])
     search: str = "grid"  # grid | random | optuna
     num_samples: int = 1
