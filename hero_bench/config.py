@@ -321,7 +321,7 @@ def set_dotted(raw, key, value):
         hint = typing.get_type_hints(cls)[part]
         if not dataclasses.is_dataclass(hint):
             # a free-form mapping such as model.args or sweep.space: any sub-key is allowed
-            if hint is dict:
+            if hint is dict or dict in typing.get_args(hint):
                 sub = node.setdefault(part, {})
                 if key.startswith("sweep.space."):  # its keys are themselves dotted config keys
                     sub[".".join(parts[depth + 1:])] = value

@@ -6,13 +6,14 @@ distribution `{dist: uniform|loguniform|randint|choice, ...}`; `sweep.seeds` is 
 `tracking`, that knows Ray exists.
 """
 import copy
+import itertools
 import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -48,9 +49,17 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 
 def search_space(config):
-    """Ray param_space over dotted keys. Every grid value is validated here, before any trial runs."""
+    """Ray param_space over dotted keys. Every grid value is validated here, before any trial runs.
+
+    A list of grids (`sweep.space: [{...}, {...}]`) runs their union: Ray grid-searches one
+    `point` axis whose values are the grids' explicit points (each a dict of dotted keys).
+    """
     sweep, base = config.sweep, config.to_dict()
     grid = sweep.search == "grid" or sweep.search == "random"
+    if isinstance(sweep.space, list):
+        if sweep.search != "grid":
+            raise ConfigError("sweep.space as a list of grids (their union) needs sweep.search: grid")
+        return {"point": tune.grid_search(union_points(sweep.space, base)), "train.seed": tune.grid_search(sweep.seeds)}
     space = {}
     for key, spec in sweep.space.items():
         where = f"sweep.space.{key}"
@@ -69,6 +78,35 @@ def search_space(config):
         raise ConfigError("sweep.space.train.seed: list seeds under sweep.seeds instead")
     space["train.seed"] = tune.grid_search(sweep.seeds) if grid else tune.choice(sweep.seeds)
     return space
+
+
+def union_points(grids, base):
+    """Every point of every grid (lists are axes, scalars constants), in order, duplicates dropped."""
+    points = []
+    for index, spec in enumerate(grids):
+        where = f"sweep.space[{index}]"
+        if not spec:
+            raise ConfigError(f"{where} is empty: each grid of the list needs at least one key")
+        axes = {}
+        for key, values in spec.items():
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                raise ConfigError(f"{where}.{key} is an empty list: a grid axis needs at least one value")
+            for value in values:
+                check_value(base, key, value, f"{where}.{key}")
+            axes[key] = values
+        if "train.seed" in axes:
+            raise ConfigError(f"{where}.train.seed: list seeds under sweep.seeds instead")
+        for combination in itertools.product(*axes.values()):
+            point = dict(zip(axes, combination))
+            if point not in points:
+                points.append(point)
+    return points
+
+
+def trial_params(params):
+    """A trial's swept values as one dict of dotted keys (a union sweep nests them under `point`)."""
+    return {**params.get("point", {}), **{k: v for k, v in params.items() if k != "point"}}
 
 
 def check_value(base, key, value, where):
@@ -104,16 +142,31 @@ def distribution(spec, where):
 def trial_config(base, params):
     raw = copy.deepcopy(base)
     raw["sweep"]["space"] = {}
-    for key, value in params.items():
+    for key, value in trial_params(params).items():
         config_module.set_dotted(raw, key, value)
     return config_module.from_dict(raw)
 
 
-def trainable(params, base):
-    """Ray Tune function trainable: run_trial with per-epoch tune.report and checkpoints."""
+def trainable(params, base, recorded=None):
+    """Ray Tune function trainable: run_trial with per-epoch tune.report and checkpoints.
+
+    `recorded`: trial_id -> trials.csv row of trials that ended before the sweep was interrupted
+    (see `recorded_rows`). Ray's own snapshot of trial statuses can lag behind that file, so Ray may
+    start such a trial again on --resume; it is not trained again: it reports its recorded status
+    and sweep metric once and ends, and trials.csv keeps its recorded row.
+    """
     config = trial_config(base, params)
+    row = (recorded or {}).get(tune.get_context().get_trial_id())
+    if row is not None:
+        # one result, so Ray's record of the trial carries its id (Ray adds it) and the sweep metric
+        tune.report({"status": row["status"], config.sweep.metric: row.get(config.sweep.metric, float("nan"))})
+        return
 
     def report(metrics, state):
+        if metrics["status"] == "diverged":
+            # Ray requires the sweep metric in every result; a diverged trial has no valid value,
+            # and NaN is never chosen as best by Ray.
+            metrics[config.sweep.metric] = float("nan")
         if state is None:
             tune.report(metrics)
             return
@@ -124,8 +177,13 @@ def trainable(params, base):
     resume, checkpoint = None, tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / STATE_FILE, weights_only=True)
+            resume = load_state(folder)
     run_trial(config, report=report, resume=resume)
+
+
+def load_state(folder):
+    """A trial checkpoint's state. weights_only=True: tensors and plain data, never pickled code."""
+    return torch.load(Path(folder) / STATE_FILE, weights_only=True)
 
 
 def flat_config(config):
@@ -141,6 +199,7 @@ def flat_config(config):
 
 def trial_row(base, trial_id, params, result, error):
     """One trials.csv row: the trial's config columns, its status and its last reported metrics."""
+    params = trial_params(params)
     config = flat_config(trial_config(base, params))
     row = {"trial_id": trial_id}
     row.update({key: config[key] for key in ALWAYS_COLUMNS})
@@ -175,26 +234,47 @@ def write_csv_atomic(frame, path):
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; the previous file is unchanged") from None
 
 
+FINAL_STATUSES = ("completed", "diverged", "stopped")
+
+
+def recorded_rows(path):
+    """trial_id -> row of the trials in trials.csv at `path` that ended for good (failed ones are
+    retried by --resume, so they are not kept)."""
+    if not Path(path).exists():
+        return {}
+    frame = pd.read_csv(path, dtype={"trial_id": str})
+    return {row["trial_id"]: row for row in frame.to_dict("records") if row["status"] in FINAL_STATUSES}
+
+
 class TrialsTable(tune.Callback):
-    """Keeps results/<name>/trials.csv current: rewritten atomically whenever a trial ends."""
+    """Keeps results/<name>/trials.csv current: rewritten atomically whenever a trial ends.
+
+    Rows are kept by trial_id, so a trial's row is built once (not on every rewrite), a trial never
+    appears twice, and the rows already in the file when a sweep resumes stay as they are.
+    """
 
     def __init__(self, base, path):
         self.base, self.path = base, Path(path)
+        self.rows = {}
 
-    def rows(self, trials):
-        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
-        return [trial_row(self.base, t.trial_id, t.config, t.last_result, "error" if t.status == "ERROR" else None) for t in ended]
+    def setup(self, **info):
+        self.rows = recorded_rows(self.path)
 
-    def write(self, trials):
-        rows = self.rows(trials)
-        if rows:
-            write_csv_atomic(pd.DataFrame(rows), self.path)
+    def add(self, trial, error):
+        if trial.trial_id not in self.rows:
+            self.rows[trial.trial_id] = trial_row(self.base, trial.trial_id, trial.config, trial.last_result, error)
+        try:
+            write_csv_atomic(pd.DataFrame(list(self.rows.values())), self.path)
+        except ConfigError as exc:
+            # Raised into Ray it would count as a failure of this trial. The sweep goes on (Ray keeps
+            # every result) and its final write of trials.csv reports the error if it persists.
+            warnings.warn(f"{exc}; trying again when the next trial ends", stacklevel=2)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.write(trials)
+        self.add(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.write(trials)
+        self.add(trial, "error")
 
 
 def check_address(address):
@@ -225,14 +305,17 @@ def start_ray(address):
         raise ConfigError(f"--address {address}: {exc}") from None
 
 
-def check_resources(resources):
+def check_resources(resources, address):
+    """Refuse a trial that cannot fit the local machine; on a cluster (--address) only warn, since
+    an autoscaler may still add the nodes it needs."""
     total = ray.cluster_resources()
-    if resources.gpu > 0 and total.get("GPU", 0) < resources.gpu:
-        raise ConfigError(
-            f"sweep.resources_per_trial.gpu is {resources.gpu:g} but the Ray cluster has {total.get('GPU', 0):g} GPUs; set it to 0 or join a cluster with GPUs (--address)"
-        )
-    if resources.cpu > total.get("CPU", 0):
-        raise ConfigError(f"sweep.resources_per_trial.cpu is {resources.cpu:g} but the Ray cluster has {total.get('CPU', 0):g} CPUs")
+    for name, wanted in (("gpu", resources.gpu), ("cpu", resources.cpu)):
+        have = total.get(name.upper(), 0)
+        if wanted > 0 and have < wanted:
+            message = f"sweep.resources_per_trial.{name} is {wanted:g} but the Ray cluster has {have:g} {name.upper()}s"
+            if address is None:
+                raise ConfigError(f"{message}; lower it or join a cluster that has them (--address)")
+            warnings.warn(f"{message} now; trials wait until the cluster (its autoscaler) provides them", stacklevel=2)
 
 
 def make_tune_config(sweep):
@@ -289,14 +372,18 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     space = search_space(config)
     prepare_results(results_dir, resume, overwrite)
     start_ray(address)
-    check_resources(config.sweep.resources_per_trial)
+    check_resources(config.sweep.resources_per_trial, address)
     base = config.to_dict()
-    fn = tune.with_resources(tune.with_parameters(trainable, base=base), vars(config.sweep.resources_per_trial))
+    recorded = recorded_rows(results_dir / "trials.csv") if resume else {}
+    fn = tune.with_resources(tune.with_parameters(trainable, base=base, recorded=recorded), vars(config.sweep.resources_per_trial))
     if resume and not tune.Tuner.can_restore(experiment):
         raise ConfigError(f"--resume: no Ray experiment state at {experiment}; run without --resume to start afresh")
 
-    results_dir.mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(json.dumps({"storage": storage, "experiment": experiment}, indent=2) + "\n")
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text(json.dumps({"storage": storage, "experiment": experiment}, indent=2) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {results_dir}: {exc.strerror or exc}; choose another parent folder with --results") from None
     table = TrialsTable(base, results_dir / "trials.csv")
     run_config = tune.RunConfig(
         name=config.name, storage_path=storage, callbacks=[table, *callbacks],
@@ -308,7 +395,10 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     else:
         tuner = tune.Tuner(fn, param_space=space, tune_config=make_tune_config(config.sweep), run_config=run_config)
     grid = tuner.fit()
-    rows = [trial_row(base, r.metrics.get("trial_id", str(i)), r.config, r.metrics, r.error) for i, r in enumerate(grid)]
+    rows = []
+    for i, r in enumerate(grid):
+        trial_id = r.metrics.get("trial_id", str(i))
+        rows.append(recorded.get(trial_id) or trial_row(base, trial_id, r.config, r.metrics, r.error))
     frame = pd.DataFrame(rows)
     write_csv_atomic(frame, results_dir / "trials.csv")
     print(summarize(frame, config.sweep, started))
@@ -325,6 +415,7 @@ def main(args):
     from hero_bench import leaderboard, tracking
 
     callbacks = tracking.callbacks(config, Path(args.results).resolve() / config.name)
+    owns_ray = not ray.is_initialized()  # a Ray the caller started is the caller's to shut down
     try:
         frame = run(config, results_root=args.results, address=args.address, storage=args.storage,
                     resume=args.resume, overwrite=args.overwrite, callbacks=callbacks)
@@ -334,6 +425,6 @@ def main(args):
         for callback in callbacks:
             callback.finish_sweep(results_dir)
     finally:
-        if ray.is_initialized():
+        if owns_ray and ray.is_initialized():
             ray.shutdown()
     return 0 if len(frame) and (frame["status"] != "failed").all() else 1

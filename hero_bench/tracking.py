@@ -13,6 +13,7 @@ from ray import tune
 
 from hero_bench.config import set_dotted
 from hero_bench.leaderboard import method_family
+from hero_bench.sweep import trial_params
 
 INIT_TIMEOUT_S = 30  # online mode without network must not stall a trial for wandb's default 90 s
 
@@ -69,7 +70,7 @@ class WandbTrials(tune.Callback):
         # config:optimizer.radius; the swept values replace the base ones.
         config = copy.deepcopy(self.base)
         config.pop("sweep")
-        for key, value in trial.config.items():
+        for key, value in trial_params(trial.config).items():
             set_dotted(config, key, value)
         opt = config["optimizer"]
         family = method_family({"optimizer.name": opt["name"], "optimizer.radius": opt["radius"], "optimizer.hessian_coef": opt["hessian_coef"]})

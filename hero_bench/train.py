@@ -92,10 +92,12 @@ def train_one_epoch(model, optimizer, dataset, config, generator, autocast, bar=
     return total_loss / seen, 100.0 * correct / seen
 
 
-def checkpoint_state(model, optimizer, scheduler, generator, epoch, history):
-    """A snapshot (deep copy: state_dict() tensors alias the live ones) to resume this trial from."""
+def checkpoint_state(model, optimizer, scheduler, generator, epoch, history, result):
+    """A snapshot (deep copy: state_dict() tensors alias the live ones) to resume this trial from.
+    `result` (the metrics so far) lets a resume from the last epoch's snapshot report them again."""
     return copy.deepcopy({
         "epoch": epoch,
+        "result": result,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -136,7 +138,10 @@ def run_trial(config, report=None, resume=None, progress=False):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    result = {"status": "completed", "label_noise_realized": dataset.label_noise_realized, "resumed_from_epoch": start_epoch}
+    result = {"status": "completed", "label_noise_realized": dataset.label_noise_realized}
+    if resume is not None:
+        result.update(resume["result"])
+    result["resumed_from_epoch"] = start_epoch
     batches_per_epoch = math.ceil(len(dataset.train_y) / train.batch_size)
     bar = tqdm(total=(train.epochs - start_epoch) * batches_per_epoch, desc=config.name, disable=not progress, leave=False)
     checkpoint_every = config.sweep.checkpoint_every
@@ -162,10 +167,12 @@ def run_trial(config, report=None, resume=None, progress=False):
             result.update(final_metrics(model, optimizer, dataset, config, history, device))
         if report is not None:
             due = epoch % checkpoint_every == 0 or epoch == train.epochs
-            state = checkpoint_state(model, optimizer, scheduler, generator, epoch, history) if due else None
+            state = checkpoint_state(model, optimizer, scheduler, generator, epoch, history, result) if due else None
             report(dict(result), state)
     bar.close()
     result["epochs_done"] = len(history)
+    if start_epoch == train.epochs and report is not None:
+        report(dict(result), None)  # resumed from the last epoch's snapshot: nothing left to train
     if result["status"] == "diverged":
         result.update(cost_metrics(optimizer, dataset, history, device))
         if report is not None:

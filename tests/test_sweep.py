@@ -80,27 +80,3 @@ def test_an_existing_sweep_is_not_overwritten_without_being_told(tmp_path):
     assert (tmp_path / "r" / "tiny" / "trials.csv").read_text() == before
     frame = sweep.run(config, results_root=tmp_path / "r", storage=str(tmp_path / "ray2"), overwrite=True)
     assert len(frame) == 1
-
-
-@pytest.mark.parametrize("space, message", [
-    ({"optimizer.radiuss": [0.1]}, "unknown key 'optimizer.radiuss'"),
-    ({"optimizer.radius": []}, "sweep.space.optimizer.radius is an empty list"),
-    ({"optimizer.radius": [-1.0]}, r"sweep.space.optimizer.radius: optimizer.radius must be in \[0, inf\)"),
-    ({"train.lr": {"dist": "gaussian", "low": 0, "high": 1}}, "dist must be one of uniform, loguniform, randint, choice"),
-    ({"train.lr": {"dist": "loguniform", "low": 0, "high": 1}}, "loguniform needs low > 0"),
-])
-def test_bad_sweep_spaces_fail_before_anything_is_written(tmp_path, space, message):
-    with pytest.raises(ConfigError, match=message):
-        sweep.run(make(space=space), results_root=tmp_path / "r", storage=str(tmp_path / "ray"))
-    assert not (tmp_path / "r").exists()
-
-
-def test_gpu_request_without_gpus_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="resources_per_trial.gpu is 0.5 but the Ray cluster has 0 GPUs"):
-        sweep.run(make(resources_per_trial={"cpu": 1, "gpu": 0.5}), results_root=tmp_path / "r", storage=str(tmp_path / "ray"))
-    assert not (tmp_path / "r").exists()
-
-
-def test_resume_with_nothing_to_resume_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="nothing to resume"):
-        sweep.run(make(), results_root=tmp_path / "r", storage=str(tmp_path / "ray"), resume=True)

@@ -1,0 +1,415 @@
+"""Faults a sweep must survive, done for real: a diverging trial, a killed trial worker, a killed sweep
+driver, a results folder that cannot be written, W&B failing; plus safety (checkpoints never run
+pickled code, the W&B key never leaks), determinism across sweeps, and a 200-trial soak.
+
+Every Ray started here is shut down, even when a test fails: the in-process one by the `local_ray`
+fixture, the ones of `hero-bench` subprocesses by killing, by pid, the processes each started.
+"""
+import contextlib
+import errno
+import json
+import os
+import pickle
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import ray  # first: Ray puts the psutil it bundles on sys.path
+import pandas as pd
+import psutil
+import pytest
+import torch
+import yaml
+from ray import tune
+
+from hero_bench import cli, config as config_module, leaderboard, sweep, tracking
+from hero_bench.errors import ConfigError
+from hero_bench.train import run_trial
+
+NO_EVAL = {"ptq_bits": [], "hessian": {"top_eigenvalue": False, "trace": False}, "weight_noise": {"sigmas": []}}
+TINY = {
+    "name": "rel",
+    "data": {"name": "synthetic", "args": {"num_samples": 256, "input_shape": [1, 4, 4], "num_classes": 3}},
+    "model": {"name": "mlp", "args": {"hidden": [16]}},
+    "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "threads": 1},
+    "optimizer": {"name": "sgd"},
+    "evaluate": NO_EVAL,
+    "sweep": {"seeds": [0], "resources_per_trial": {"cpu": 1}},
+    "tracking": {"wandb": "disabled"},
+}
+TIMING_COLUMNS = ["time_per_epoch_s", "samples_per_s", "peak_mem_mb", "train_time_s", "eval_time_s"]
+
+
+def experiment(**sections):
+    """TINY with some sections' keys replaced (one level deep), as a plain dict."""
+    raw = json.loads(json.dumps(TINY))
+    for section, values in sections.items():
+        raw[section] = {**raw[section], **values} if isinstance(values, dict) else values
+    return raw
+
+
+def write_experiment(folder, **sections):
+    path = Path(folder) / "exp.yaml"
+    path.write_text(yaml.safe_dump(experiment(**sections)))
+    return path
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def same_rows(before, after):
+    """Rows of `before` (by trial_id) appear unchanged in `after`: same columns, same values, NaN == NaN."""
+    old = before.set_index("trial_id").sort_index()
+    new = after.set_index("trial_id").loc[old.index, old.columns]
+    pd.testing.assert_frame_equal(old, new, check_dtype=False, check_exact=True)
+
+
+# ------------------------------------------------------------------------------- processes we start
+
+def descendants(process):
+    try:
+        return process.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_all(processes):
+    """SIGKILL these processes (psutil checks each one's identity, so a reused pid is never hit)."""
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(processes, timeout=15)
+
+
+@contextlib.contextmanager
+def hero_bench_process(args, cwd):
+    """`hero-bench ARGS` as a real process. `tree` collects the processes it starts (its local Ray);
+    on exit the process and every one of them are gone."""
+    log = open(Path(cwd) / f"hero-bench-{len(list(Path(cwd).glob('hero-bench-*.log')))}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "hero_bench.cli", *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    driver, tree = psutil.Process(proc.pid), {}
+
+    def collect():
+        tree.update({p.pid: p for p in descendants(driver)})
+
+    try:
+        yield proc, collect, tree
+    finally:
+        collect()
+        kill_all([driver, *tree.values()])
+        proc.wait()
+        log.close()
+
+
+def wait_for(condition, proc, collect, timeout):
+    """Poll `condition()` while the process runs, collecting the processes it starts."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        collect()
+        if condition():
+            return True
+        if proc.poll() is not None:
+            return condition()
+        time.sleep(0.05)
+    return False
+
+
+def rows_in(path):
+    try:
+        return len(pd.read_csv(path))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return 0
+
+
+# ------------------------------------------------------------------------------------ no Ray needed
+
+def test_a_trial_resumed_from_its_last_checkpoint_reports_its_final_metrics_again():
+    config = config_module.from_dict(experiment())
+    states = {}
+    full = run_trial(config, report=lambda m, s: states.setdefault(m["epoch"], s))
+    reports = []
+    again = run_trial(config, report=lambda m, s: reports.append(m), resume=states[2])
+    # nothing is retrained, so even the timings are the recorded ones
+    assert len(reports) == 1 and reports[0] == again
+    assert {k: v for k, v in again.items() if k != "resumed_from_epoch"} == {k: v for k, v in full.items() if k != "resumed_from_epoch"}
+    assert again["resumed_from_epoch"] == 2
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoints_load_tensors_and_data_but_never_run_pickled_code(tmp_path):
+    states = []
+    run_trial(config_module.from_dict(experiment(train={"epochs": 1})), report=lambda m, s: states.append(s))
+    (tmp_path / "good").mkdir()
+    torch.save(states[0], tmp_path / "good" / sweep.STATE_FILE)
+    loaded = sweep.load_state(tmp_path / "good")
+    assert loaded["result"] == states[0]["result"] and loaded["history"] == states[0]["history"]
+    assert all(torch.equal(loaded["model"][k], v) for k, v in states[0]["model"].items())
+
+    marker = tmp_path / "code-ran"
+    (tmp_path / "evil").mkdir()
+    torch.save({"epoch": 1, "model": RunsCode(marker)}, tmp_path / "evil" / sweep.STATE_FILE)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        sweep.load_state(tmp_path / "evil")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("step, code", [("write", errno.ENOSPC), ("rename", errno.EACCES)], ids=["disk-full", "permission-denied"])
+def test_a_failed_trials_csv_write_is_a_clear_error_and_keeps_the_previous_file(tmp_path, monkeypatch, step, code):
+    path = tmp_path / "trials.csv"
+    path.write_text("trial_id,status\na,completed\n")
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    if step == "write":
+        monkeypatch.setattr(pd.DataFrame, "to_csv", fail)
+    else:
+        monkeypatch.setattr(sweep.os, "replace", fail)
+    with pytest.raises(ConfigError) as info:
+        sweep.write_csv_atomic(pd.DataFrame({"trial_id": ["a", "b"], "status": ["completed"] * 2}), path)
+    assert str(info.value) == f"cannot write {path}: {os.strerror(code)}; the previous file is unchanged"
+    assert path.read_text() == "trial_id,status\na,completed\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["trials.csv"]  # no temp file left behind
+
+
+@pytest.fixture
+def fresh_wandb():
+    """The W&B test gets its own wandb service, started with the test's environment, and a service
+    the test broke is not left to later tests."""
+    import wandb
+
+    wandb.teardown()
+    yield
+    with contextlib.suppress(Exception):  # the service may be dead: that is what the test did
+        wandb.teardown()
+
+
+def test_a_dying_wandb_process_turns_tracking_off_with_a_warning(tmp_path, fresh_wandb):
+    config = config_module.from_dict(experiment(tracking={"wandb": "offline"}))
+    callback = tracking.WandbTrials(config, tmp_path / "results" / config.name)
+    trial = SimpleNamespace(trial_id="t1", config={"train.lr": 0.05}, last_result={"epoch": 1, "val_acc": 50.0})
+    callback.on_trial_start(0, [trial], trial)
+    assert "t1" in callback.runs
+    services = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("wandb")]
+    assert services, "wandb runs its own service process"
+    kill_all(services)
+    with pytest.warns(UserWarning, match=r"W&B log failed \(.*\); tracking is off for the rest of this sweep, results continue"):
+        callback.on_trial_result(1, [trial], trial, {"epoch": 1, "val_acc": 50.0})
+    callback.on_trial_complete(1, [trial], trial)  # tracking is off: no second failure, no exception
+    callback.finish_sweep(tmp_path / "results" / config.name)
+    assert not callback.enabled
+
+
+# ------------------------------------------------------------------------- `hero-bench` processes
+
+def test_a_killed_sweep_driver_resumes_without_rerunning_or_duplicating_trials(tmp_path):
+    lrs = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]
+    write_experiment(
+        tmp_path,
+        data={"args": {"num_samples": 2048, "input_shape": [1, 4, 4], "num_classes": 3}},
+        train={"epochs": 3, "batch_size": 16},
+        sweep={"space": {"train.lr": lrs}, "max_concurrent_trials": 1},
+    )
+    args = ["sweep", "exp.yaml", "--results", "results", "--storage", "ray"]
+    trials_csv = tmp_path / "results" / "rel" / "trials.csv"
+    with hero_bench_process(args, tmp_path) as (proc, collect, tree):
+        assert wait_for(lambda: rows_in(trials_csv) >= 2, proc, collect, timeout=300), (tmp_path / "hero-bench-0.log").read_text()[-3000:]
+        collect()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kill_all(list(tree.values()))  # its local Ray goes with it
+    before = pd.read_csv(trials_csv, dtype={"trial_id": str})
+    assert 2 <= len(before) < len(lrs), "the driver was killed mid-sweep"
+
+    with hero_bench_process([*args, "--resume"], tmp_path) as (proc, collect, tree):
+        assert wait_for(lambda: proc.poll() is not None, proc, collect, timeout=300)
+        assert proc.returncode == 0, (tmp_path / "hero-bench-1.log").read_text()[-3000:]
+        # the sweep shut its own Ray down on the way out
+        assert psutil.wait_procs(list(tree.values()), timeout=30)[1] == []
+    after = pd.read_csv(trials_csv, dtype={"trial_id": str})
+    assert after["trial_id"].is_unique and sorted(after["train.lr"]) == lrs
+    assert set(after["status"]) == {"completed"} and set(after["epochs_done"]) == {3}
+    same_rows(before, after)  # finished trials were not run again: same metrics, same timings
+
+
+# ----------------------------------------------------------------------- sweeps in this process
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_a_results_folder_that_cannot_be_created_is_a_clear_error(local_ray, tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be\n")
+    with pytest.raises(ConfigError, match=r"cannot write to .*results/rel: Not a directory; choose another parent folder with --results"):
+        sweep.run(config_module.from_dict(experiment()), results_root=blocker, storage=str(tmp_path / "ray"))
+    assert blocker.read_text() == "a file where the results folder should be\n"
+
+
+@pytest.fixture(scope="module")
+def divergence_sweeps(local_ray, tmp_path_factory):
+    """The same grid, one point of which diverges in its first epoch, swept twice into two folders."""
+    config = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.05, 1e6]}, "seeds": [0, 1]}))
+    folders = []
+    for _ in range(2):
+        root = tmp_path_factory.mktemp("divergence")
+        sweep.run(config, results_root=root / "results", storage=str(root / "ray"))
+        folders.append(root / "results" / "rel")
+    return folders
+
+
+def test_a_diverging_grid_point_is_recorded_and_never_ranked_best(divergence_sweeps):
+    folder = divergence_sweeps[0]
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 4
+    diverged, fine = trials[trials["train.lr"] == 1e6], trials[trials["train.lr"] == 0.05]
+    assert set(diverged["status"]) == {"diverged"} and set(diverged["diverged_epoch"]) == {1}
+    assert set(fine["status"]) == {"completed"} and set(fine["epochs_done"]) == {2}  # the sweep went on
+
+    leaderboard.write(folder)
+    board = pd.read_csv(folder / "leaderboard.csv")
+    chosen = board[board["status"] == "completed"]
+    assert chosen["train.lr"].tolist() == [0.05] and chosen["best_test_acc"].all()
+    listed = board[board["status"] == "diverged"]
+    assert listed["train.lr"].tolist() == [1e6] and not listed["best_test_acc"].any()
+    assert "diverged (epoch 1)" in (folder / "leaderboard.md").read_text()
+
+
+def test_the_same_sweep_twice_gives_identical_trials_apart_from_timings(divergence_sweeps):
+    def comparable(folder):
+        trials = pd.read_csv(folder / "trials.csv").drop(columns=["trial_id", *TIMING_COLUMNS])
+        return trials.sort_values(["train.lr", "train.seed"]).reset_index(drop=True)
+
+    first, second = (comparable(folder) for folder in divergence_sweeps)
+    pd.testing.assert_frame_equal(first, second, check_exact=True)
+    completed = first[first["status"] == "completed"]
+    assert completed["test_acc"].notna().all() and completed["train_loss"].nunique() == 2  # the seeds differ
+
+
+class KillWorkerOnce(tune.Callback):
+    """In the sweep driver: SIGKILLs the worker process of the trial once Ray has registered the
+    checkpoint of `epoch` (the worker's pid is in every Ray result). The worker is then waiting for
+    Ray to ask for its next epoch, so it dies mid-training, before it trains another one."""
+
+    def __init__(self, epoch):
+        self.epoch, self.killed, self.seen = epoch, None, []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.seen.append((result["epoch"], result["pid"]))
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if self.killed is None and trial.last_result["epoch"] == self.epoch:
+            self.killed = psutil.Process(trial.last_result["pid"])
+            self.killed.send_signal(signal.SIGKILL)
+
+
+def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(local_ray, tmp_path):
+    config = config_module.from_dict(experiment(train={"epochs": 3}, sweep={"max_failures": 1, "checkpoint_every": 1}))
+    killer = KillWorkerOnce(epoch=1)
+    frame = sweep.run(config, results_root=tmp_path / "results", storage=str(tmp_path / "ray"), callbacks=[killer])
+    assert killer.killed is not None and not killer.killed.is_running()
+    # after the kill, a new worker continued from epoch 1's checkpoint: epochs 2 and 3 only
+    assert [(epoch, pid != killer.killed.pid) for epoch, pid in killer.seen] == [(1, False), (2, True), (3, True)]
+    row = frame.iloc[0]
+    assert row["status"] == "completed" and row["epochs_done"] == 3 and row["resumed_from_epoch"] == 1
+    uninterrupted = run_trial(sweep.trial_config(config.to_dict(), {"train.seed": 0}))
+    assert row["test_acc"] == uninterrupted["test_acc"] and row["train_loss"] == uninterrupted["train_loss"]
+
+
+def test_a_full_disk_mid_sweep_keeps_trials_csv_and_resume_completes_it(local_ray, tmp_path, monkeypatch):
+    config = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.03, 0.05, 0.07]}, "max_concurrent_trials": 1}))
+    trials_csv = tmp_path / "results" / "rel" / "trials.csv"
+    write = pd.DataFrame.to_csv
+
+    def disk_full_once_the_file_exists(frame, target, *args, **kwargs):
+        if Path(target).parent == trials_csv.parent and trials_csv.exists():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(frame, target, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full_once_the_file_exists)
+    run = dict(results_root=tmp_path / "results", storage=str(tmp_path / "ray"))
+    with pytest.warns(UserWarning, match="No space left on device; the previous file is unchanged; trying again"):
+        with pytest.raises(ConfigError, match=rf"cannot write {trials_csv}: No space left on device; the previous file is unchanged"):
+            sweep.run(config, **run)
+    before = pd.read_csv(trials_csv, dtype={"trial_id": str})
+    assert len(before) == 1 and before["status"].item() == "completed"
+    assert sorted(p.name for p in trials_csv.parent.iterdir()) == ["sweep.json", "trials.csv"]
+
+    monkeypatch.undo()  # space is freed; --resume writes the table without training anything again
+    after = sweep.run(config, resume=True, **run)
+    written = pd.read_csv(trials_csv, dtype={"trial_id": str})
+    assert len(after) == len(written) == 3 and set(written["status"]) == {"completed"}
+    same_rows(before, written)
+
+
+def test_wandb_online_without_network_warns_once_and_the_sweep_completes(local_ray, tmp_path, monkeypatch, fresh_wandb):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("WANDB_API_KEY", secrets.token_hex(20))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setattr(tracking, "INIT_TIMEOUT_S", 3)
+    write_experiment(tmp_path, sweep={"space": {"train.lr": [0.03, 0.05]}})
+    with pytest.warns(UserWarning) as caught:
+        assert cli.main(["sweep", "exp.yaml", "--wandb", "online", "--storage", "ray"]) == 0
+    failures = [str(w.message) for w in caught if "W&B" in str(w.message)]
+    assert len(failures) == 1 and "W&B run start failed" in failures[0] and "results continue" in failures[0]
+    trials = pd.read_csv(tmp_path / "results" / "rel" / "trials.csv")
+    assert len(trials) == 2 and set(trials["status"]) == {"completed"}
+    assert (tmp_path / "results" / "rel" / "leaderboard.md").exists()
+
+
+def test_the_wandb_api_key_is_never_printed_logged_or_written(local_ray, tmp_path, monkeypatch, capfd, fresh_wandb):
+    key = secrets.token_hex(20)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
+    write_experiment(tmp_path, sweep={"space": {"train.lr": [0.03, 0.05]}})
+    assert cli.main(["sweep", "exp.yaml", "--wandb", "offline", "--storage", "ray"]) == 0
+    out, err = capfd.readouterr()
+    runs = list((tmp_path / "results" / "rel" / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3, "one W&B run per trial and a summary run were written"
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) > 20
+    assert [p for p in files if key.encode() in p.read_bytes()] == []
+    assert key not in out and key not in err
+
+
+def test_a_soak_sweep_of_200_tiny_trials_records_every_trial(local_ray, tmp_path, capsys):
+    seeds = list(range(200))
+    config = config_module.from_dict(experiment(
+        data={"args": {"num_samples": 64, "input_shape": [1, 2, 2], "num_classes": 2}},
+        model={"args": {"hidden": [4]}},
+        train={"epochs": 1, "batch_size": 64},
+        sweep={"seeds": seeds},
+    ))
+    started = time.perf_counter()
+    frame = sweep.run(config, results_root=tmp_path / "results", storage=str(tmp_path / "ray"))
+    seconds = time.perf_counter() - started
+    written = pd.read_csv(tmp_path / "results" / "rel" / "trials.csv")
+    assert len(frame) == len(written) == 200 and written["trial_id"].is_unique
+    assert sorted(written["train.seed"]) == seeds and set(written["status"]) == {"completed"}
+    with capsys.disabled():
+        print(f"\nsoak: 200 trials in {seconds:.0f} s")
