@@ -91,7 +91,7 @@ def main():
     header = (f"{'workload':32s} {'method':28s} {'wall ms':>9s} {'x sgd':>6s} {'cpu ms':>9s} {'x sgd':>6s} "
               f"{'grads/step':>10s} {'hvps/step':>9s}\n{'':61s} {'(median)':>16s} {'(mean)':>16s}")
     print(header)
-    print("-" * len(header))
+    print("-" * len(header.splitlines()[0]))
     for workload, model, x, y in workloads(device):
         runs = []  # (label, step, optimizer): every row its own copy of the same initial model
         for label, name, hyper in ROWS:

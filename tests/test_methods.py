@@ -12,16 +12,6 @@ from hero_bench import methods, models
 from hero_bench.errors import ConfigError, DivergedError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is fastest, and on shared cores a second OpenMP thread
-    spinning at every barrier made each op up to 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # A plain step that changes nothing: the gradient a method hands its base optimizer stays in p.grad.
 FROZEN = dict(lr=0.0, momentum=0.0, weight_decay=0.0)
 

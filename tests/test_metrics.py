@@ -13,15 +13,6 @@ from hero_bench import metrics
 from hero_bench.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; several threads spin-wait on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def blobs(n, seed):
     """Three Gaussian blobs in 4 dimensions: (x float32 (n, 4), y int64 (n,))."""
     g = torch.Generator().manual_seed(seed)

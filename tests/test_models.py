@@ -9,15 +9,6 @@ from hero_bench.errors import ConfigError
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny forward passes run fastest on one thread; several threads spin-wait on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import ray  # first: Ray puts the psutil it bundles on sys.path
+import ray  # noqa: F401 - first: Ray puts the psutil it bundles on sys.path
 import pandas as pd
 import psutil
 import pytest
@@ -250,15 +250,6 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_or_duplicating_trials(t
 
 
 # ----------------------------------------------------------------------- sweeps in this process
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
 
 def test_a_results_folder_that_cannot_be_created_is_a_clear_error(local_ray, tmp_path):
     blocker = tmp_path / "results"

@@ -1,7 +1,6 @@
 """End-to-end sweeps through a real local Ray (started once for this module, always shut down)."""
 import pandas as pd
 import pytest
-import ray
 
 from hero_bench import config as config_module
 from hero_bench import sweep
@@ -27,13 +26,7 @@ def make(**sweep_section):
     return config_module.from_dict(raw)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def test_grid_sweep_writes_one_row_per_trial_matching_what_each_trial_ran(tmp_path):
