@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -16,3 +18,15 @@ def local_ray():
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def fresh_wandb():
+    """The W&B test gets its own wandb service, started with the test's environment, and a service
+    the test broke is not left to later tests."""
+    import wandb
+
+    wandb.teardown()
+    yield
+    with contextlib.suppress(Exception):  # the service may be dead: that is what the test did
+        wandb.teardown()

@@ -189,18 +189,6 @@ def test_a_failed_trials_csv_write_is_a_clear_error_and_keeps_the_previous_file(
     assert [p.name for p in tmp_path.iterdir()] == ["trials.csv"]  # no temp file left behind
 
 
-@pytest.fixture
-def fresh_wandb():
-    """The W&B test gets its own wandb service, started with the test's environment, and a service
-    the test broke is not left to later tests."""
-    import wandb
-
-    wandb.teardown()
-    yield
-    with contextlib.suppress(Exception):  # the service may be dead: that is what the test did
-        wandb.teardown()
-
-
 def test_a_dying_wandb_process_turns_tracking_off_with_a_warning(tmp_path, fresh_wandb):
     config = config_module.from_dict(experiment(tracking={"wandb": "offline"}))
     callback = tracking.WandbTrials(config, tmp_path / "results" / config.name)
