@@ -62,7 +62,7 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         started = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
         ray_start = time.perf_counter() - started
         try:
             one = timed_sweep(experiment(n, args.epochs, 1, "disabled"), root)

@@ -296,13 +296,17 @@ def start_ray(address):
     if ray.is_initialized():
         return
     if address is None:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False)
+        # "local": always a new Ray of this machine's own, never one a `ray start` left running here
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False)
         return
     check_address(address)
     try:
         ray.init(address=address)
     except ConnectionError as exc:
         raise ConfigError(f"--address {address}: {exc}") from None
+    total = ray.cluster_resources()
+    nodes = sum(node["Alive"] for node in ray.nodes())
+    print(f"joined the Ray cluster at {address}: {nodes} nodes, {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs")
 
 
 def check_resources(resources, address):

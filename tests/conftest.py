@@ -13,7 +13,7 @@ def local_ray():
     """A local Ray for one test module, shut down even when a test fails."""
     import ray  # only the sweep tests need Ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     try:
         yield
     finally:

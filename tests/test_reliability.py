@@ -5,16 +5,12 @@ pickled code, the W&B key never leaks), determinism across sweeps, and a 200-tri
 Every Ray started here is shut down, even when a test fails: the in-process one by the `local_ray`
 fixture, the ones of `hero-bench` subprocesses by killing, by pid, the processes each started.
 """
-import contextlib
 import errno
 import json
 import os
 import pickle
 import secrets
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +26,7 @@ from ray import tune
 from hero_bench import cli, config as config_module, leaderboard, sweep, tracking
 from hero_bench.errors import ConfigError
 from hero_bench.train import run_trial
+from processes import free_port, hero_bench_process, kill_all, wait_for
 
 NO_EVAL = {"ptq_bits": [], "hessian": {"top_eigenvalue": False, "trace": False}, "weight_noise": {"sigmas": []}}
 TINY = {
@@ -59,67 +56,11 @@ def write_experiment(folder, **sections):
     return path
 
 
-def closed_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def same_rows(before, after):
     """Rows of `before` (by trial_id) appear unchanged in `after`: same columns, same values, NaN == NaN."""
     old = before.set_index("trial_id").sort_index()
     new = after.set_index("trial_id").loc[old.index, old.columns]
     pd.testing.assert_frame_equal(old, new, check_dtype=False, check_exact=True)
-
-
-# ------------------------------------------------------------------------------- processes we start
-
-def descendants(process):
-    try:
-        return process.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def kill_all(processes):
-    """SIGKILL these processes (psutil checks each one's identity, so a reused pid is never hit)."""
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(processes, timeout=15)
-
-
-@contextlib.contextmanager
-def hero_bench_process(args, cwd):
-    """`hero-bench ARGS` as a real process. `tree` collects the processes it starts (its local Ray);
-    on exit the process and every one of them are gone."""
-    log = open(Path(cwd) / f"hero-bench-{len(list(Path(cwd).glob('hero-bench-*.log')))}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "hero_bench.cli", *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-    driver, tree = psutil.Process(proc.pid), {}
-
-    def collect():
-        tree.update({p.pid: p for p in descendants(driver)})
-
-    try:
-        yield proc, collect, tree
-    finally:
-        collect()
-        kill_all([driver, *tree.values()])
-        proc.wait()
-        log.close()
-
-
-def wait_for(condition, proc, collect, timeout):
-    """Poll `condition()` while the process runs, collecting the processes it starts."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        collect()
-        if condition():
-            return True
-        if proc.poll() is not None:
-            return condition()
-        time.sleep(0.05)
-    return False
 
 
 def rows_in(path):
@@ -345,7 +286,7 @@ def test_a_full_disk_mid_sweep_keeps_trials_csv_and_resume_completes_it(local_ra
 
 def test_wandb_online_without_network_warns_once_and_the_sweep_completes(local_ray, tmp_path, monkeypatch, fresh_wandb):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("WANDB_API_KEY", secrets.token_hex(20))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     monkeypatch.setattr(tracking, "INIT_TIMEOUT_S", 3)
