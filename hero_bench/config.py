@@ -122,6 +122,7 @@ class TrackingConfig:
     wandb: str = "offline"  # offline | online | disabled
     project: str = "hero-bench"
     entity: str | None = None
+    tensorboard: bool = False  # also write Ray Tune's TensorBoard event files (off: they cost the sweep driver more than all else per epoch)
 
 
 @dataclass

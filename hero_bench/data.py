@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.datasets as tvd
-from sklearn.datasets import load_digits
 
 from hero_bench.errors import ConfigError, DatasetNotFoundError
 from hero_bench.registry import Registry
@@ -235,6 +233,14 @@ def _labels(values):
     return torch.as_tensor(np.asarray(values), dtype=torch.int64)
 
 
+def torchvision_datasets():
+    """torchvision.datasets, imported on first use: the import takes seconds (it pulls in
+    torch._dynamo), and a trial worker on digits or synthetic data never needs it."""
+    import torchvision.datasets
+
+    return torchvision.datasets
+
+
 def _open(name, cls, where, **kwargs):
     """Build a torchvision dataset; its missing-file errors become one-line DatasetNotFoundErrors."""
     try:
@@ -274,6 +280,8 @@ def digits(*, root, download):
     Pixel values 0..16 are scaled to [0, 1]; a fixed stratified 80/20 split (seed independent of the
     trial) gives the test set, so every trial is scored on the same images.
     """
+    from sklearn.datasets import load_digits  # imported here: scikit-learn takes a second to import
+
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16
     y = _labels(bunch.target)
@@ -284,27 +292,27 @@ def digits(*, root, download):
 @DATASETS.register("mnist")
 def mnist(*, root, download):
     """MNIST, 60k/10k 28x28 grey digits, read by torchvision.datasets.MNIST from root/MNIST/raw."""
-    return _mnist_like("mnist", tvd.MNIST, root, download, mean=(0.1307,), std=(0.3081,))
+    return _mnist_like("mnist", torchvision_datasets().MNIST, root, download, mean=(0.1307,), std=(0.3081,))
 
 
 @DATASETS.register("fashion_mnist")
 def fashion_mnist(*, root, download):
     """Fashion-MNIST, 60k/10k 28x28 grey clothing images, from root/FashionMNIST/raw."""
-    return _mnist_like("fashion_mnist", tvd.FashionMNIST, root, download, mean=(0.2860,), std=(0.3530,))
+    return _mnist_like("fashion_mnist", torchvision_datasets().FashionMNIST, root, download, mean=(0.2860,), std=(0.3530,))
 
 
 @DATASETS.register("cifar10")
 def cifar10(*, root, download, augment=True):
     """CIFAR-10, 50k/10k 32x32 colour images, 10 classes; random crop + flip when augment."""
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    return _cifar("cifar10", tvd.CIFAR10, 10, root, download, mean, std, augment)
+    return _cifar("cifar10", torchvision_datasets().CIFAR10, 10, root, download, mean, std, augment)
 
 
 @DATASETS.register("cifar100")
 def cifar100(*, root, download, augment=True):
     """CIFAR-100, 50k/10k 32x32 colour images, 100 classes; random crop + flip when augment."""
     mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-    return _cifar("cifar100", tvd.CIFAR100, 100, root, download, mean, std, augment)
+    return _cifar("cifar100", torchvision_datasets().CIFAR100, 100, root, download, mean, std, augment)
 
 
 @DATASETS.register("svhn")
@@ -314,8 +322,9 @@ def svhn(*, root, download, augment=True):
     No flips: a mirrored digit is a different or invalid symbol (2, 5, 7 ...), so flipping would
     corrupt labels.
     """
-    where = Path(root) / tvd.SVHN.split_list["train"][1]
-    train, test = (_open("svhn", tvd.SVHN, where, root=root, split=s, download=download) for s in ("train", "test"))
+    cls = torchvision_datasets().SVHN
+    where = Path(root) / cls.split_list["train"][1]
+    train, test = (_open("svhn", cls, where, root=root, split=s, download=download) for s in ("train", "test"))
     return Source(
         _images(train.data, False), _labels(train.labels), _images(test.data, False), _labels(test.labels),
         num_classes=10, mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970), augment=augment,

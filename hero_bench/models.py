@@ -7,7 +7,6 @@ import inspect
 
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 from hero_bench.errors import ConfigError
 from hero_bench.registry import Registry
@@ -170,6 +169,8 @@ def mobilenet_v2(*, input_shape, num_classes):
     No dropout before the classifier (torchvision's default is 0.2): like the other models, the
     loss is then a function of the weights alone, so SAM/HERO's repeated passes see the same network.
     """
+    import torchvision.models  # imported here: it takes seconds, and only this model needs it
+
     model = torchvision.models.mobilenet_v2(
         num_classes=num_classes, inverted_residual_setting=MOBILENET_V2_SMALL, dropout=0.0
     )

@@ -5,6 +5,7 @@ distribution `{dist: uniform|loguniform|randint|choice, ...}`; `sweep.seeds` is 
 (`train.seed`). The trainable is `hero_bench.train.run_trial`; this module is the only place, with
 `tracking`, that knows Ray exists.
 """
+import contextlib
 import copy
 import itertools
 import json
@@ -20,6 +21,7 @@ import pandas as pd
 import ray
 import torch
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
 from hero_bench import config as config_module
 from hero_bench.errors import ConfigError
@@ -339,6 +341,26 @@ def make_tune_config(sweep):
     )
 
 
+@contextlib.contextmanager
+def without_auto_loggers():
+    """Ray Tune's automatic loggers off while a sweep runs (its documented
+    TUNE_DISABLE_AUTO_CALLBACK_LOGGERS; a value already set wins): `ray_loggers` passes them itself."""
+    added = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    try:
+        yield
+    finally:
+        if added:
+            del os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"]
+
+
+def ray_loggers(tracking):
+    """Ray Tune's per-trial files in its storage: result.json and progress.csv, and TensorBoard
+    event files when `tracking.tensorboard` (W&B covers what TensorBoard shows; Ray's TensorBoard
+    logger took most of the driver's time per result)."""
+    return [JsonLoggerCallback(), CSVLoggerCallback(), *([TBXLoggerCallback()] if tracking.tensorboard else [])]
+
+
 def prepare_results(results_dir, resume, overwrite):
     """Refuse to mix two sweeps' trials in one folder unless told what to do."""
     trials_csv = results_dir / "trials.csv"
@@ -390,7 +412,7 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
         raise ConfigError(f"cannot write to {results_dir}: {exc.strerror or exc}; choose another parent folder with --results") from None
     table = TrialsTable(base, results_dir / "trials.csv")
     run_config = tune.RunConfig(
-        name=config.name, storage_path=storage, callbacks=[table, *callbacks],
+        name=config.name, storage_path=storage, callbacks=[*ray_loggers(config.tracking), table, *callbacks],
         failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
     )
@@ -398,7 +420,8 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
         tuner = tune.Tuner.restore(experiment, trainable=fn, resume_errored=True)
     else:
         tuner = tune.Tuner(fn, param_space=space, tune_config=make_tune_config(config.sweep), run_config=run_config)
-    grid = tuner.fit()
+    with without_auto_loggers():
+        grid = tuner.fit()
     rows = []
     for i, r in enumerate(grid):
         trial_id = r.metrics.get("trial_id", str(i))

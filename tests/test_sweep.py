@@ -73,3 +73,14 @@ def test_an_existing_sweep_is_not_overwritten_without_being_told(tmp_path):
     assert (tmp_path / "r" / "tiny" / "trials.csv").read_text() == before
     frame = sweep.run(config, results_root=tmp_path / "r", storage=str(tmp_path / "ray2"), overwrite=True)
     assert len(frame) == 1
+
+
+@pytest.mark.parametrize("tensorboard", [False, True])
+def test_ray_writes_its_per_trial_result_files_and_tensorboard_events_only_on_request(tmp_path, tensorboard):
+    raw = {**TINY, "tracking": {"wandb": "disabled", "tensorboard": tensorboard}}
+    raw["sweep"] = {**TINY["sweep"], "space": {"optimizer.radius": [0.0]}}
+    sweep.run(config_module.from_dict(raw), results_root=tmp_path / "r", storage=str(tmp_path / "ray"))
+    (trial_dir,) = (tmp_path / "ray" / "tiny").glob("trainable_*")
+    progress = pd.read_csv(trial_dir / "progress.csv")
+    assert list(progress["epoch"]) == [1, 2] and len((trial_dir / "result.json").read_text().splitlines()) == 2
+    assert bool(list(trial_dir.glob("events.out.tfevents.*"))) == tensorboard
