@@ -38,14 +38,9 @@ def format_table(result):
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def write_atomic(path, text):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def cmd_train(args):
     from hero_bench import config as config_module
+    from hero_bench.atomic import write_atomic
     from hero_bench.train import run_trial
 
     config = config_module.load(args.file, args.set)

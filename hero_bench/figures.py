@@ -15,7 +15,8 @@ matplotlib.use("Agg")  # files only, never a window; must precede the pyplot imp
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hero_bench.leaderboard import family_order, per_config, select_best, write_atomic  # noqa: E402
+from hero_bench.atomic import write_atomic  # noqa: E402
+from hero_bench.leaderboard import family_order, per_config, select_best  # noqa: E402
 
 CAPTIONS = {
     "heatmap": "HERO mean validation and test accuracy over the (radius ρ, hessian_coef γ) grid",

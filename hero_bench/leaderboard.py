@@ -12,15 +12,14 @@ Statistics over the n completed seeds of a configuration:
 """
 import html
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from hero_bench.atomic import write_atomic
 from hero_bench.errors import HeroBenchError
 
 TRIAL_COLUMNS = ("trial_id", "status", "diverged_epoch")
@@ -324,22 +323,6 @@ def to_html(board, title):
 
 
 # ---------------------------------------------------------------------------------------- writing
-
-def write_atomic(path, data):
-    """Write str or bytes to path via a temp file in the same folder and os.replace, so a reader
-    (or a crash) never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
-
 
 def _csv(frame):
     buffer = io.StringIO()

@@ -13,8 +13,9 @@ import wandb_workspaces.reports.v2 as wr
 
 from hero_bench.errors import HeroBenchError
 from hero_bench.figures import CAPTIONS, FIGURES, figure_kind
+from hero_bench.atomic import write_atomic
 from hero_bench.leaderboard import (INTRO, experiment_name, leaderboard, load_trials, markdown_tables,
-                                    metric_columns, shown_metrics, trials_path, write_atomic)
+                                    metric_columns, shown_metrics, trials_path)
 
 # The sweep's knobs and the accuracies they drive, as parallel axes (config keys, then summary metrics).
 PARALLEL_CONFIG = ("optimizer.radius", "optimizer.hessian_coef", "data.label_noise")

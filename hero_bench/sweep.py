@@ -24,6 +24,7 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
 from hero_bench import config as config_module
+from hero_bench.atomic import write_atomic
 from hero_bench.errors import ConfigError
 from hero_bench.train import run_trial
 
@@ -224,18 +225,6 @@ def trial_row(base, trial_id, params, result, error):
     return row
 
 
-def write_csv_atomic(frame, path):
-    """Write via a temp file in the same folder and rename, so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; the previous file is unchanged") from None
-
-
 FINAL_STATUSES = ("completed", "diverged", "stopped")
 
 
@@ -266,7 +255,7 @@ class TrialsTable(tune.Callback):
         if trial.trial_id not in self.rows:
             self.rows[trial.trial_id] = trial_row(self.base, trial.trial_id, trial.config, trial.last_result, error)
         try:
-            write_csv_atomic(pd.DataFrame(list(self.rows.values())), self.path)
+            write_atomic(self.path, pd.DataFrame(list(self.rows.values())).to_csv(index=False))
         except ConfigError as exc:
             # Raised into Ray it would count as a failure of this trial. The sweep goes on (Ray keeps
             # every result) and its final write of trials.csv reports the error if it persists.
@@ -427,7 +416,7 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
         trial_id = r.metrics.get("trial_id", str(i))
         rows.append(recorded.get(trial_id) or trial_row(base, trial_id, r.config, r.metrics, r.error))
     frame = pd.DataFrame(rows)
-    write_csv_atomic(frame, results_dir / "trials.csv")
+    write_atomic(results_dir / "trials.csv", frame.to_csv(index=False))
     print(summarize(frame, config.sweep, started))
     return frame
 

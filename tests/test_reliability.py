@@ -23,7 +23,7 @@ import torch
 import yaml
 from ray import tune
 
-from hero_bench import cli, config as config_module, leaderboard, sweep, tracking
+from hero_bench import atomic, cli, config as config_module, leaderboard, sweep, tracking
 from hero_bench.errors import ConfigError
 from hero_bench.train import run_trial
 from processes import free_port, hero_bench_process, kill_all, wait_for
@@ -120,11 +120,11 @@ def test_a_failed_trials_csv_write_is_a_clear_error_and_keeps_the_previous_file(
         raise OSError(code, os.strerror(code))
 
     if step == "write":
-        monkeypatch.setattr(pd.DataFrame, "to_csv", fail)
+        monkeypatch.setattr(atomic.os, "fdopen", fail)
     else:
-        monkeypatch.setattr(sweep.os, "replace", fail)
+        monkeypatch.setattr(atomic.os, "replace", fail)
     with pytest.raises(ConfigError) as info:
-        sweep.write_csv_atomic(pd.DataFrame({"trial_id": ["a", "b"], "status": ["completed"] * 2}), path)
+        atomic.write_atomic(path, pd.DataFrame({"trial_id": ["a", "b"], "status": ["completed"] * 2}).to_csv(index=False))
     assert str(info.value) == f"cannot write {path}: {os.strerror(code)}; the previous file is unchanged"
     assert path.read_text() == "trial_id,status\na,completed\n"
     assert [p.name for p in tmp_path.iterdir()] == ["trials.csv"]  # no temp file left behind
@@ -261,14 +261,14 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(local_ray, tm
 def test_a_full_disk_mid_sweep_keeps_trials_csv_and_resume_completes_it(local_ray, tmp_path, monkeypatch):
     config = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.03, 0.05, 0.07]}, "max_concurrent_trials": 1}))
     trials_csv = tmp_path / "results" / "rel" / "trials.csv"
-    write = pd.DataFrame.to_csv
+    mkstemp = atomic.tempfile.mkstemp
 
-    def disk_full_once_the_file_exists(frame, target, *args, **kwargs):
-        if Path(target).parent == trials_csv.parent and trials_csv.exists():
+    def disk_full_once_the_file_exists(*args, dir, **kwargs):
+        if Path(dir) == trials_csv.parent and trials_csv.exists():
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return write(frame, target, *args, **kwargs)
+        return mkstemp(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full_once_the_file_exists)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", disk_full_once_the_file_exists)
     run = dict(results_root=tmp_path / "results", storage=str(tmp_path / "ray"))
     with pytest.warns(UserWarning, match="No space left on device; the previous file is unchanged; trying again"):
         with pytest.raises(ConfigError, match=rf"cannot write {trials_csv}: No space left on device; the previous file is unchanged"):
