@@ -11,9 +11,9 @@ from urllib.parse import urlparse
 import pandas as pd
 import wandb_workspaces.reports.v2 as wr
 
+from hero_bench.atomic import write_atomic
 from hero_bench.errors import HeroBenchError
 from hero_bench.figures import CAPTIONS, FIGURES, figure_kind
-from hero_bench.atomic import write_atomic
 from hero_bench.leaderboard import (INTRO, experiment_name, leaderboard, load_trials, markdown_tables,
                                     metric_columns, shown_metrics, trials_path)
 

@@ -19,6 +19,10 @@ import ray  # noqa: F401 - first: Ray puts the psutil it bundles on sys.path
 import psutil
 
 
+# the `ray` command of the Ray this interpreter imports, whatever PATH says
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nothing listens on (it was free a moment ago)."""
     with socket.socket() as s:
@@ -100,7 +104,7 @@ def loopback_cluster(nodes, cpus_per_node):
 
     def ray_start(*args):
         # every node on one host needs its own agent and metrics ports
-        command = ["ray", "start", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--num-gpus=0",
+        command = [RAY, "start", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--num-gpus=0",
                    f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}", *args]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stderr[-3000:]}"
