@@ -77,7 +77,7 @@ def test_each_run_logs_every_epoch_and_ends_with_the_trials_final_metrics(tracke
         assert run["summary"]["status"] == "completed" and run["exit_code"] == 0
 
 
-def test_the_summary_run_logs_the_leaderboard_table_and_the_figures(tracked):
+def test_the_sweep_writes_its_figures_and_the_summary_run_logs_them_and_the_leaderboard(tracked):
     _, runs, results = tracked
     summary = runs["tracked-summary"]
     assert summary["run"].job_type == "summary"
@@ -87,6 +87,8 @@ def test_the_summary_run_logs_the_leaderboard_table_and_the_figures(tracked):
     (table_file,) = (results / "wandb" / "wandb").glob(f"offline-run-*summary/files/{logged['leaderboard']['path']}")
     table = json.loads(table_file.read_text())
     assert table["columns"] == list(board.columns) and len(table["data"]) == len(board)
+    pngs = sorted((results / "figures").glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in pngs)
     figures = [key for key in logged if key.startswith("figures/")]
-    assert sorted(figures) == sorted(f"figures/{p.stem}" for p in (results / "figures").glob("*.png"))
+    assert sorted(figures) == [f"figures/{p.stem}" for p in pngs]
     assert figures and all(logged[key]["_type"] == "image-file" for key in figures)
