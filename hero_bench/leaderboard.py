@@ -11,7 +11,6 @@ Statistics over the n completed seeds of a configuration:
 (std and ci95 are NaN for a single seed).
 """
 import html
-import io
 import re
 from pathlib import Path
 
@@ -324,12 +323,6 @@ def to_html(board, title):
 
 # ---------------------------------------------------------------------------------------- writing
 
-def _csv(frame):
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False)
-    return buffer.getvalue()
-
-
 def experiment_name(df, fallback):
     names = df["name"].dropna().unique() if "name" in df else []
     return str(names[0]) if len(names) == 1 else str(fallback)
@@ -344,8 +337,8 @@ def write(results_dir):
     df = load_trials(results_dir)
     board = leaderboard(df)
     title = f"Leaderboard: {experiment_name(df, folder.name)}"
-    written = [write_atomic(folder / "per_config.csv", _csv(per_config(df))),
-               write_atomic(folder / "leaderboard.csv", _csv(board)),
+    written = [write_atomic(folder / "per_config.csv", per_config(df).to_csv(index=False)),
+               write_atomic(folder / "leaderboard.csv", board.to_csv(index=False)),
                write_atomic(folder / "leaderboard.md", to_markdown(board, title)),
                write_atomic(folder / "leaderboard.html", to_html(board, title))]
     drawn, skipped = figures.write_figures(df, folder / "figures")

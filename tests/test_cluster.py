@@ -9,17 +9,12 @@ import psutil
 import yaml
 
 from processes import descendants, hero_bench_process, loopback_cluster, wait_for
+from tiny import experiment
 
-EXPERIMENT = {
-    "name": "cluster",
-    "data": {"name": "synthetic", "args": {"num_samples": 1024, "input_shape": [1, 4, 4], "num_classes": 3}},
-    "model": {"name": "mlp", "args": {"hidden": [16]}},
-    "train": {"epochs": 3, "batch_size": 16, "threads": 1},
-    "optimizer": {"name": "sgd"},
-    "evaluate": {"ptq_bits": [], "hessian": {"top_eigenvalue": False, "trace": False}, "weight_noise": {"sigmas": []}},
-    "sweep": {"space": {"train.lr": [0.03, 0.05]}, "seeds": [0, 1], "resources_per_trial": {"cpu": 1}},
-    "tracking": {"wandb": "disabled"},
-}
+EXPERIMENT = experiment(
+    name="cluster", data={"args": {"num_samples": 1024, "input_shape": [1, 4, 4], "num_classes": 3}},
+    train={"epochs": 3, "batch_size": 16}, sweep={"space": {"train.lr": [0.03, 0.05]}, "seeds": [0, 1]},
+)
 
 
 def trial_actors(raylet):

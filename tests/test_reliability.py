@@ -6,7 +6,6 @@ Every Ray started here is shut down, even when a test fails: the in-process one 
 fixture, the ones of `hero-bench` subprocesses by killing, by pid, the processes each started.
 """
 import errno
-import json
 import os
 import pickle
 import secrets
@@ -27,27 +26,9 @@ from hero_bench import atomic, cli, config as config_module, leaderboard, sweep,
 from hero_bench.errors import ConfigError
 from hero_bench.train import run_trial
 from processes import free_port, hero_bench_process, kill_all, wait_for
+from tiny import experiment
 
-NO_EVAL = {"ptq_bits": [], "hessian": {"top_eigenvalue": False, "trace": False}, "weight_noise": {"sigmas": []}}
-TINY = {
-    "name": "rel",
-    "data": {"name": "synthetic", "args": {"num_samples": 256, "input_shape": [1, 4, 4], "num_classes": 3}},
-    "model": {"name": "mlp", "args": {"hidden": [16]}},
-    "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "threads": 1},
-    "optimizer": {"name": "sgd"},
-    "evaluate": NO_EVAL,
-    "sweep": {"seeds": [0], "resources_per_trial": {"cpu": 1}},
-    "tracking": {"wandb": "disabled"},
-}
 TIMING_COLUMNS = ["time_per_epoch_s", "samples_per_s", "peak_mem_mb", "train_time_s", "eval_time_s"]
-
-
-def experiment(**sections):
-    """TINY with some sections' keys replaced (one level deep), as a plain dict."""
-    raw = json.loads(json.dumps(TINY))
-    for section, values in sections.items():
-        raw[section] = {**raw[section], **values} if isinstance(values, dict) else values
-    return raw
 
 
 def write_experiment(folder, **sections):

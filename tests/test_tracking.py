@@ -10,17 +10,13 @@ import pytest
 import yaml
 
 from hero_bench import cli
+from tiny import experiment
 from wandb_records import read_run
 
-EXPERIMENT = {
-    "name": "tracked",
-    "data": {"name": "synthetic", "args": {"num_samples": 256, "input_shape": [1, 4, 4], "num_classes": 3}},
-    "model": {"name": "mlp", "args": {"hidden": [16]}},
-    "train": {"epochs": 3, "batch_size": 32, "threads": 1},
-    "optimizer": {"name": "hero", "hessian_coef": 10.0},
-    "evaluate": {"ptq_bits": [4], "hessian": {"top_eigenvalue": False, "trace": False}, "weight_noise": {"sigmas": []}},
-    "sweep": {"space": {"optimizer.radius": [0.0, 0.5], "train.lr": [0.03, 0.05]}, "seeds": [0]},
-}
+EXPERIMENT = experiment(
+    name="tracked", train={"epochs": 3}, optimizer={"name": "hero", "hessian_coef": 10.0}, evaluate={"ptq_bits": [4]},
+    sweep={"space": {"optimizer.radius": [0.0, 0.5], "train.lr": [0.03, 0.05]}},
+)
 FINAL = ["val_acc", "test_acc", "train_acc", "gen_gap", "ptq_acc_4bit", "grad_evals"]
 
 
