@@ -24,7 +24,8 @@ import ray
 from ray import tune
 
 from hero_bench import config as config_module
-from hero_bench import sweep, tracking
+from hero_bench import sweep
+from hero_bench.sweep import tracking
 from hero_bench.train import run_trial
 
 

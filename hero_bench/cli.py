@@ -55,20 +55,47 @@ def cmd_train(args):
 
 
 def cmd_sweep(args):
-    from hero_bench import sweep
+    """Run the sweep, write its leaderboard and figures, then the W&B summary run."""
+    import ray
 
-    return sweep.main(args)
+    from hero_bench import config as config_module
+    from hero_bench import sweep, trials
+    from hero_bench.results import outputs
+    from hero_bench.sweep import tracking
+    from hero_bench.sweep.space import TrialConfigs
+
+    overrides = list(args.set)
+    if args.max_concurrent is not None:
+        overrides.append(f"sweep.max_concurrent_trials={args.max_concurrent}")
+    if args.wandb is not None:
+        overrides.append(f"tracking.wandb={args.wandb}")
+    config = config_module.load(args.file, overrides)
+    results_dir = Path(args.results) / config.name
+    configs = TrialConfigs(config)
+    trackers = tracking.callbacks(config, results_dir.resolve(), configs)
+    owns_ray = not ray.is_initialized()  # a Ray the caller started is the caller's to shut down
+    try:
+        frame = sweep.run(config, results_root=args.results, address=args.address, storage=args.storage,
+                          resume=args.resume, overwrite=args.overwrite, configs=configs, callbacks=trackers)
+        for path in outputs.write(results_dir):
+            print(f"wrote {path}")
+        for tracker in trackers:
+            tracker.finish_sweep(results_dir)
+    finally:
+        if owns_ray and ray.is_initialized():
+            ray.shutdown()
+    return 0 if len(frame) and (frame[trials.STATUS] != "failed").all() else 1
 
 
 def cmd_leaderboard(args):
-    from hero_bench import leaderboard
+    from hero_bench.results import outputs
 
-    for path in leaderboard.write(args.path):
+    for path in outputs.write(args.path):
         print(f"wrote {path}")
 
 
 def cmd_report(args):
-    from hero_bench import report
+    from hero_bench.results import report
 
     report.publish(args.path, entity=args.entity, project=args.project)
 

@@ -1,8 +1,11 @@
 """The experiment schema: one YAML file, validated once at load, plain data afterwards.
 
 Every section is a dataclass. `from_dict` rejects unknown keys, wrong types and out-of-range values
-with the dotted key and what is allowed; deeper code trusts the result. `--set key.sub=value`
-overrides are parsed as YAML scalars (never evaluated) and applied before validation.
+with the dotted key and what is allowed, resolves names against the registries and checks the
+keyword arguments of the dataset and model factories; deeper code trusts the result. `--set
+key.sub=value` overrides are parsed as YAML scalars (never evaluated) and applied before validation.
+A sweep's trial is the experiment's Config with its swept values set (`for_trial`), each value
+checked once at the door (`check_value`). README, "Experiment files", shows a whole file.
 """
 import dataclasses
 import re
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from hero_bench import data, methods, models
 from hero_bench.errors import ConfigError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -56,8 +60,8 @@ class TrainConfig:
 @dataclass
 class OptimizerConfig:
     name: str = "sgd"  # sgd | gradnorm | sam | hero
-    radius: float = 0.5
-    hessian_coef: float = 5.0
+    radius: float | None = None  # None: the method's default (sam, hero 0.5)
+    hessian_coef: float | None = None  # None: the method's default (hero 5.0, gradnorm 0.1)
     adaptive: bool = True
     hvp: str = "auto"  # auto | fd | exact
     hvp_check_every: int = 50
@@ -276,16 +280,70 @@ def validate(config):
         )
     if config.name in (".", ".."):
         raise ConfigError(f"name must not be {config.name!r}")
-    # Names resolve against the registries, so an unknown one fails here, at the door.
-    from hero_bench import data, methods, models
-
-    for key, registry in (("data.name", data.DATASETS), ("model.name", models.MODELS), ("optimizer.name", methods.METHODS)):
-        if flat[key] not in registry:
-            raise ConfigError(f"{key}: unknown {registry.kind} {flat[key]!r}; known: {', '.join(registry.names())}")
+    for key in REGISTRIES:
+        check_name(key, flat[key])
+    check_factories(config)
     if config.sweep.metric in ("", None):
         raise ConfigError("sweep.metric must name a reported metric such as val_acc")
     if not config.sweep.seeds:
         raise ConfigError("sweep.seeds must list at least one seed")
+    return config
+
+
+# Names resolve against the registries, so an unknown one fails at the door.
+REGISTRIES = {"data.name": data.DATASETS, "model.name": models.MODELS, "optimizer.name": methods.METHODS}
+
+
+def check_name(key, name):
+    registry = REGISTRIES[key]
+    if name not in registry:
+        raise ConfigError(f"{key}: unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
+
+
+def check_factories(config):
+    """data.args and model.args must be keyword arguments of the chosen dataset and model."""
+    data.DATASETS.check(config.data.name, config.data.args, "data.args", skip=data.FACTORY_ARGS)
+    models.MODELS.check(config.model.name, config.model.args, "model.args", skip=models.FACTORY_ARGS)
+
+
+def check_value(key, value):
+    """Check one dotted key's value as the schema would (type, range, choice, registered name) and
+    return it coerced; keys under a free-form mapping (model.args.hidden) are returned as they are."""
+    cls, parts = Config, key.split(".")
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            raise ConfigError(f"unknown key {key!r}: {'.'.join(parts[:depth + 1])!r} is not in the schema; allowed: {', '.join(names)}")
+        hint = typing.get_type_hints(cls)[part]
+        if depth == len(parts) - 1 or not dataclasses.is_dataclass(hint):
+            break
+        cls = hint
+    if depth < len(parts) - 1:
+        if not (hint is dict or dict in typing.get_args(hint)):
+            raise ConfigError(f"unknown key {key!r}: {'.'.join(parts[:depth + 1])!r} is a value, not a section")
+        return value
+    value = _coerce(value, hint, key)
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if key in RANGES:
+        _check_range(key, value)
+    if key in REGISTRIES:
+        check_name(key, value)
+    return value
+
+
+def for_trial(base, params):
+    """The Config of one trial: `base` with the swept values `params` (dotted key -> value) set.
+
+    Every value was checked by `check_value` when the sweep was read, so only the factories' keyword
+    arguments, which depend on the combination (a swept model.name with the base's model.args), are
+    checked again.
+    """
+    raw = base.to_dict()
+    for key, value in params.items():
+        set_dotted(raw, key, value)
+    config = _build(Config, raw)
+    check_factories(config)
     return config
 
 

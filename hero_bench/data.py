@@ -6,9 +6,8 @@ once, so there is no per-sample Python in the training loop (the airbench habit)
 
 Splits: a stratified validation split is held out of the training set (`val_fraction`, chosen by
 the trial seed); the test split is the dataset's own and stays clean. Label noise re-draws the label
-of a seeded fraction of the remaining training samples (DESIGN.md section 3).
+of a seeded fraction of the remaining training samples (docs/metrics.md, "Data splits").
 """
-import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,13 @@ DATASETS = Registry("dataset")
 CROP_PADDING = 4  # pixels of padding for random crops, the standard CIFAR recipe
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # fixed so every trial sees the same digits test set
+FACTORY_ARGS = ("root", "download")  # what load() gives every dataset factory; data.args gives the rest
 
 
 @dataclass
 class Source:
-    """What a dataset factory returns: raw splits with pixel values in [0, 1], not yet normalized.
+    """What a dataset factory returns: raw splits, not yet normalized: images (N, C, H, W) with pixel
+    values in [0, 1], or signals (N, C, L).
 
     `mean`/`std` are per-channel normalization constants; None means "compute them from train_x".
     `augment` turns on random crops, `flip` adds horizontal flips (only where they keep the label).
@@ -45,15 +46,10 @@ class Source:
     flip: bool = False
 
 
-def eval_batches(x, y, batch_size):
-    """Consecutive (x, y) slices of at most batch_size samples, in order, last partial one kept."""
-    for start in range(0, len(x), batch_size):
-        yield x[start : start + batch_size], y[start : start + batch_size]
-
-
 @dataclass
 class Dataset:
-    """One trial's data: normalized float32 images (N, C, H, W) and int64 labels, all on one device.
+    """One trial's data: normalized float32 inputs (N, C, H, W) or (N, C, L) and int64 labels, all on
+    one device.
 
     train_y holds the labels used for training (noisy when label_noise > 0); train_y_clean the
     original ones. label_noise_realized = mean(train_y != train_y_clean).
@@ -90,8 +86,6 @@ class Dataset:
             if self.augment:
                 x = random_crop_flip(x, generator, CROP_PADDING, self.flip, fill)
             yield x, self.train_y[idx]
-
-    eval_batches = staticmethod(eval_batches)
 
 
 def crop_flip(x, top, left, flip, padding, fill):
@@ -167,27 +161,21 @@ def load(name, *, seed=0, device="cpu", root=None, download=False, val_fraction=
     The split and the noisy labels are pure functions of `seed` (separate random streams, so the
     split does not change with label_noise); validation and test labels stay clean.
     `dataset_args` go to the dataset's factory (e.g. num_samples for synthetic, augment for cifar10).
+    The values are trusted (the experiment schema checks them); only the factory's keywords are
+    checked here.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"train.seed must be a non-negative integer, got {seed!r}")
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction!r}")
-    if not 0 <= label_noise < 1:
-        raise ConfigError(f"data.label_noise must be in [0, 1), got {label_noise!r}")
-    factory = DATASETS.get(name)
-    allowed = [arg for arg in inspect.signature(factory).parameters if arg not in ("root", "download")]
-    for arg in dataset_args:
-        if arg not in allowed:
-            raise ConfigError(f"data.args.{arg} is not an option of dataset {name!r}; allowed: {', '.join(allowed) or 'none'}")
+    DATASETS.check(name, dataset_args, "data.args", skip=FACTORY_ARGS)
     root = default_root() if root is None else Path(root).expanduser()
-    source = factory(root=root, download=download, **dataset_args)
+    source = DATASETS.get(name)(root=root, download=download, **dataset_args)
 
     # normalization constants come from the whole training set, so they do not depend on the seed
+    # per channel: over every dimension but the channel one, for images (N, C, H, W) and signals (N, C, L)
+    others = (0, *range(2, source.train_x.dim()))
     if source.mean is None:
-        source.mean = tuple(source.train_x.mean(dim=(0, 2, 3)).tolist())
-        source.std = tuple(source.train_x.std(dim=(0, 2, 3)).tolist())
-    mean = torch.tensor(source.mean).view(1, -1, 1, 1)
-    std = torch.tensor(source.std).view(1, -1, 1, 1)
+        source.mean = tuple(source.train_x.mean(dim=others).tolist())
+        source.std = tuple(source.train_x.std(dim=others).tolist())
+    shape = (1, -1, *[1] * (source.train_x.dim() - 2))
+    mean, std = torch.tensor(source.mean).view(shape), torch.tensor(source.std).view(shape)
 
     def prepare(x):
         return ((x - mean) / std).to(device=device, dtype=torch.float32)

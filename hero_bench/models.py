@@ -1,9 +1,11 @@
-"""Image classifiers built for a dataset's input shape (C, H, W) and class count.
+"""Classifiers built for a dataset's input shape and class count.
 
-Every model runs on any registered image dataset, from 1x8x8 digits to 3x32x32 CIFAR: convolutional
-models end in adaptive average pooling, and downsampling is sized so that 8x8 inputs still work.
+Every image model runs on any registered image dataset (C, H, W), from 1x8x8 digits to 3x32x32 CIFAR:
+convolutional models end in adaptive average pooling, and downsampling is sized so that 8x8 inputs
+still work. The mlp takes any input; a model refuses an input it is not built for (`needs_image`).
 """
-import inspect
+import contextlib
+import math
 
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,26 +15,38 @@ from hero_bench.registry import Registry
 
 MODELS = Registry("model")
 
+FACTORY_ARGS = ("input_shape", "num_classes")  # what create() gives every model factory; model.args the rest
 MIN_CONV_SIZE = 8  # smallest image side the convolutional models are built for (digits)
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """Put `model` in eval mode for the block and restore its previous train/eval mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def create(name, input_shape, num_classes, **model_args):
-    """Build model `name` for images shaped input_shape = (C, H, W) and num_classes outputs."""
-    factory = MODELS.get(name)
-    allowed = [arg for arg in inspect.signature(factory).parameters if arg not in ("input_shape", "num_classes")]
-    for arg in model_args:
-        if arg not in allowed:
-            raise ConfigError(f"model.args.{arg} is not an option of model {name!r}; allowed: {', '.join(allowed) or 'none'}")
-    input_shape = tuple(input_shape)
-    if name != "mlp" and min(input_shape[1:]) < MIN_CONV_SIZE:
+    """Build model `name` for inputs of shape input_shape (without the batch dimension) and
+    num_classes outputs; model_args are the factory's own keyword arguments (model.args)."""
+    MODELS.check(name, model_args, "model.args", skip=FACTORY_ARGS)
+    return MODELS.get(name)(input_shape=tuple(input_shape), num_classes=num_classes, **model_args)
+
+
+def needs_image(name, input_shape):
+    """Refuse anything but images (C, H, W) of at least MIN_CONV_SIZE pixels a side."""
+    if len(input_shape) != 3 or min(input_shape[1:]) < MIN_CONV_SIZE:
         raise ConfigError(f"model {name!r} needs images of at least {MIN_CONV_SIZE}x{MIN_CONV_SIZE}, got {input_shape}")
-    return factory(input_shape=input_shape, num_classes=num_classes, **model_args)
 
 
 @MODELS.register("mlp")
 def mlp(*, input_shape, num_classes, hidden=(128, 128)):
     """Flatten, then Linear-ReLU layers of the `hidden` widths, then a Linear classifier."""
-    widths = [input_shape[0] * input_shape[1] * input_shape[2], *hidden]
+    widths = [math.prod(input_shape), *hidden]
     layers = [nn.Flatten()]
     for fan_in, fan_out in zip(widths, widths[1:]):
         layers += [nn.Linear(fan_in, fan_out), nn.ReLU(inplace=True)]
@@ -47,6 +61,7 @@ def lenet5(*, input_shape, num_classes):
     Both convolutions pad by 2 so the image keeps its size through them, and an adaptive pool brings
     the 16 feature maps to the classic 5x5 whatever the input (8x8 digits give 2x2 maps, repeated).
     """
+    needs_image("lenet5", input_shape)
     return nn.Sequential(
         nn.Conv2d(input_shape[0], 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
@@ -114,18 +129,21 @@ class CifarResNet(nn.Module):
 @MODELS.register("resnet20")
 def resnet20(*, input_shape, num_classes):
     """CIFAR ResNet-20 (He et al. 2016), 0.27M parameters."""
+    needs_image("resnet20", input_shape)
     return CifarResNet(20, input_shape[0], num_classes)
 
 
 @MODELS.register("resnet32")
 def resnet32(*, input_shape, num_classes):
     """CIFAR ResNet-32 (He et al. 2016), 0.46M parameters."""
+    needs_image("resnet32", input_shape)
     return CifarResNet(32, input_shape[0], num_classes)
 
 
 @MODELS.register("resnet56")
 def resnet56(*, input_shape, num_classes):
     """CIFAR ResNet-56 (He et al. 2016), 0.85M parameters."""
+    needs_image("resnet56", input_shape)
     return CifarResNet(56, input_shape[0], num_classes)
 
 
@@ -140,6 +158,7 @@ def vgg11_bn(*, input_shape, num_classes):
     The pools round up (ceil_mode), so 28 -> 14 -> 7 -> 4 -> 2 -> 1 and an 8x8 input stays at 1x1
     once it gets there instead of vanishing.
     """
+    needs_image("vgg11_bn", input_shape)
     layers, channels = [], input_shape[0]
     for spec in VGG11_LAYERS:
         if spec == "pool":
@@ -169,6 +188,7 @@ def mobilenet_v2(*, input_shape, num_classes):
     No dropout before the classifier (torchvision's default is 0.2): like the other models, the
     loss is then a function of the weights alone, so SAM/HERO's repeated passes see the same network.
     """
+    needs_image("mobilenet_v2", input_shape)
     import torchvision.models  # imported here: it takes seconds, and only this model needs it
 
     model = torchvision.models.mobilenet_v2(

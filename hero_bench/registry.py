@@ -1,5 +1,6 @@
-"""One small generic registry: a name maps to a factory (datasets, models, methods, metrics)."""
+"""One small generic registry: a name maps to a factory (datasets, models, metrics) or a rule (methods)."""
 import fnmatch
+import inspect
 import re
 
 from hero_bench.errors import ConfigError
@@ -10,8 +11,21 @@ def natural_key(name):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+def check_keywords(factory, kwargs, what, skip=(), listing="allowed"):
+    """Refuse keyword arguments that `factory` does not take: `what` (with {} for the argument's
+    name) followed by the list of the allowed ones."""
+    parameters = inspect.signature(factory).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in parameters):
+        return
+    allowed = [p.name for p in parameters if p.name not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{what.format(unknown[0])}; {listing}: {', '.join(allowed) or 'none'}")
+
+
 class Registry:
-    """Maps names to factories. `register` is a decorator; `get` fails with the list of known names."""
+    """Maps names to factories. `register` is a decorator; `get` fails with the list of known names;
+    `create` checks the keyword arguments against the factory's signature before calling it."""
 
     def __init__(self, kind):
         self.kind = kind
@@ -32,7 +46,15 @@ class Registry:
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._factories[name]
 
+    def check(self, name, kwargs, key=None, skip=()):
+        """Refuse `kwargs` that the factory of `name` does not take (other than the `skip` ones, which
+        the caller supplies); `key` is their dotted config section, e.g. model.args."""
+        where = f"{key}.{{}}" if key else "{!r}"
+        check_keywords(self.get(name), kwargs, f"{where} is not an option of {self.kind} {name!r}", skip)
+
     def create(self, name, *args, **kwargs):
+        """factory(*args, **kwargs), after the keyword check."""
+        self.check(name, kwargs)
         return self.get(name)(*args, **kwargs)
 
     def names(self, pattern="*"):

@@ -1,11 +1,10 @@
 """Single-trial training: config -> (dataset, model, method) -> per-epoch reports -> final metrics.
 
-`run_trial` knows nothing of Ray or W&B. The sweep hooks in through `report(metrics, state)`, called
-after every epoch (`state` is a checkpointable dict every `sweep.checkpoint_every` epochs, else None),
-and through `resume` (such a dict) to continue a trial where a checkpoint left it.
+`run_trial` knows nothing of Ray or W&B. The sweep hooks in through `report(metrics, state)`,
+called once after every epoch with a checkpointable snapshot of the trial (whether to save it is the
+caller's decision), and through `resume` (such a snapshot) to continue a trial where it left off. The metric keys are listed in docs/metrics.md.
 """
 import copy
-import dataclasses
 import math
 import resource
 import sys
@@ -18,8 +17,8 @@ from tqdm.auto import tqdm
 
 from hero_bench import data as datasets
 from hero_bench import methods, metrics, models
-from hero_bench.config import Config, ConfigError, from_dict
-from hero_bench.errors import DivergedError
+from hero_bench.config import Config, from_dict
+from hero_bench.errors import ConfigError, DivergedError
 
 
 class InjectedFault(RuntimeError):
@@ -53,9 +52,9 @@ def build(config, device):
     )
     torch.manual_seed(t.seed)  # model initialisation is a function of the seed alone
     model = models.create(m.name, dataset.input_shape, dataset.num_classes, **m.args).to(device)
-    optimizer = methods.create(
-        o.name, model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov,
-        radius=o.radius, hessian_coef=o.hessian_coef, adaptive=o.adaptive, hvp=o.hvp,
+    optimizer = methods.Method(
+        methods.METHODS.get(o.name), model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+        nesterov=t.nesterov, radius=o.radius, hessian_coef=o.hessian_coef, adaptive=o.adaptive, hvp=o.hvp,
         hvp_check_every=o.hvp_check_every, hessian_every=o.hessian_every,
     )
     return dataset, model, optimizer
@@ -108,11 +107,12 @@ def checkpoint_state(model, optimizer, scheduler, generator, epoch, history, res
 
 
 def run_trial(config, report=None, resume=None, progress=False):
-    """Train one (configuration, seed) and return its final metrics (keys of DESIGN.md section 3).
+    """Train one (configuration, seed) and return its final metrics.
 
-    `config`: a Config or a nested dict. `report(metrics, state)`: called after each epoch.
-    `resume`: a dict from a previous `state` to continue from. A NaN/inf loss ends the trial with
-    status 'diverged' and the epoch it happened in; it is not an exception for the caller.
+    `config`: a Config or a nested dict (validated here). `report(metrics, state)`: called once
+    after each epoch with a snapshot of the trial (None after a diverged epoch), and once with None
+    if a resumed trial had nothing left to train. `resume`: such a snapshot to continue from. A NaN/inf loss ends the trial with status 'diverged' and
+    the epoch it happened in; it is not an exception for the caller.
     """
     if not isinstance(config, Config):
         config = from_dict(config)
@@ -144,7 +144,6 @@ def run_trial(config, report=None, resume=None, progress=False):
     result["resumed_from_epoch"] = start_epoch
     batches_per_epoch = math.ceil(len(dataset.train_y) / train.batch_size)
     bar = tqdm(total=(train.epochs - start_epoch) * batches_per_epoch, desc=config.name, disable=not progress, leave=False)
-    checkpoint_every = config.sweep.checkpoint_every
     for epoch in range(start_epoch + 1, train.epochs + 1):
         if train.fail_at_epoch == epoch and start_epoch == 0:
             raise InjectedFault(f"injected fault at epoch {epoch} (train.fail_at_epoch)")
@@ -152,31 +151,29 @@ def run_trial(config, report=None, resume=None, progress=False):
         try:
             train_loss, train_acc = train_one_epoch(model, optimizer, dataset, config, generator, autocast, bar)
         except DivergedError as exc:
-            result.update(status="diverged", diverged_epoch=epoch, error=str(exc))
-            break
-        scheduler.step()
-        seconds = time.perf_counter() - started
-        history.append(seconds)
-        epoch_metrics = {
-            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-            "val_acc": metrics.accuracy(model, dataset.val_x, dataset.val_y, train.eval_batch_size),
-            "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
-        }
-        result.update(epoch_metrics)
-        if epoch == train.epochs:
-            result.update(final_metrics(model, optimizer, dataset, config, history, device))
+            result.update(status="diverged", diverged_epoch=epoch, error=str(exc), epochs_done=len(history))
+            result.update(cost_metrics(optimizer, dataset, history, device))
+        else:
+            scheduler.step()
+            seconds = time.perf_counter() - started
+            history.append(seconds)
+            result.update({
+                "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                "val_acc": metrics.accuracy(model, dataset.val_x, dataset.val_y, train.eval_batch_size),
+                "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
+            })
+            if epoch == train.epochs:
+                result.update(final_metrics(model, optimizer, dataset, config, history, device))
+        diverged = result["status"] == "diverged"
         if report is not None:
-            due = epoch % checkpoint_every == 0 or epoch == train.epochs
-            state = checkpoint_state(model, optimizer, scheduler, generator, epoch, history, result) if due else None
+            state = None if diverged else checkpoint_state(model, optimizer, scheduler, generator, epoch, history, result)
             report(dict(result), state)
+        if diverged:
+            break
     bar.close()
     result["epochs_done"] = len(history)
     if start_epoch == train.epochs and report is not None:
         report(dict(result), None)  # resumed from the last epoch's snapshot: nothing left to train
-    if result["status"] == "diverged":
-        result.update(cost_metrics(optimizer, dataset, history, device))
-        if report is not None:
-            report(dict(result), None)
     return result
 
 
@@ -202,7 +199,7 @@ def final_metrics(model, optimizer, dataset, config, history, device):
     }
     out["gen_gap"] = out["train_acc_clean"] - out["test_acc"]
     started = time.perf_counter()
-    out.update(metrics.evaluate(model, dataset, dataclasses.asdict(config.evaluate), config.train.seed))
+    out.update(metrics.evaluate(model, dataset, config.evaluate, config.train.seed))
     out["eval_time_s"] = time.perf_counter() - started
     out.update(cost_metrics(optimizer, dataset, history, device))
     return out

@@ -8,6 +8,14 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that start Ray or W&B's service process are `slow`, like those marked so by hand (that
+    start subprocesses or a cluster): `pytest -m "not slow"` is the quick loop, plain `pytest` runs all."""
+    for item in items:
+        if {"local_ray", "fresh_wandb"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray for one test module, shut down even when a test fails."""

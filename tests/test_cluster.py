@@ -6,10 +6,13 @@ import contextlib
 import ray  # noqa: F401 - first: Ray puts the psutil it bundles on sys.path
 import pandas as pd
 import psutil
+import pytest
 import yaml
 
 from processes import descendants, hero_bench_process, loopback_cluster, wait_for
 from tiny import experiment
+
+pytestmark = pytest.mark.slow
 
 EXPERIMENT = experiment(
     name="cluster", data={"args": {"num_samples": 1024, "input_shape": [1, 4, 4], "num_classes": 3}},

@@ -9,7 +9,7 @@ import scipy.io
 import torch
 import torchvision.datasets as tvd
 
-from hero_bench import data
+from hero_bench import config, data
 from hero_bench.errors import ConfigError, DatasetNotFoundError
 
 
@@ -110,8 +110,13 @@ def test_synthetic_data_is_learnable_by_nearest_class_mean():
     ],
 )
 def test_bad_arguments_raise_config_error_naming_the_field(kwargs, field):
+    # the experiment schema is the door: data.load trusts its values and checks only data.args
     with pytest.raises(ConfigError, match=field):
-        data.load("digits", **kwargs)
+        known = {k: v for k, v in kwargs.items() if k != "nonsense"}
+        config.from_dict({"data": {"name": "digits", **known, "args": {k: v for k, v in kwargs.items() if k == "nonsense"}}})
+    if "nonsense" in kwargs:
+        with pytest.raises(ConfigError, match=field):
+            data.load("digits", **kwargs)
 
 
 def test_unknown_dataset_lists_the_known_names():
@@ -133,12 +138,6 @@ def test_train_batches_cover_the_training_set_once_and_keep_the_last_partial_bat
     assert torch.equal(torch.cat([y for _, y in batches])[order], ds.train_y[expected[:, 0].argsort()])
     again = list(ds.train_batches(64, torch.Generator().manual_seed(0)))
     assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(batches, again))
-
-
-def test_eval_batches_keep_order_and_the_last_partial_batch():
-    x, y = torch.arange(10.0).view(10, 1, 1, 1), torch.arange(10)
-    batches = list(data.eval_batches(x, y, 4))
-    assert [b[1].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 # ---------------------------------------------------------------- augmentation

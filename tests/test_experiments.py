@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hero_bench import cli, sweep
+from hero_bench import cli
+from hero_bench.sweep import space as sweep_space
 from hero_bench import config as config_module
 from hero_bench.train import run_trial
 
@@ -58,7 +59,7 @@ def one_step_trial(config, model):
         "train.device": "cpu",
         "evaluate": {"ptq_bits": [], "hessian": {"top_eigenvalue": False, "trace": False}, "weight_noise": {"sigmas": []}},
     }
-    return sweep.trial_config(config.to_dict(), params)
+    return config_module.for_trial(config, sweep_space.trial_params(params))
 
 
 def training_setting(path):
@@ -77,7 +78,7 @@ def test_the_six_cifar_experiments_of_the_paper_exist():
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=ids)
 def test_experiment_file_loads_and_its_sweep_space_validates(path):
     config = config_module.load(path)
-    space = sweep.search_space(config)  # validates every grid value against the schema
+    space = sweep_space.search_space(config)  # validates every grid value against the schema
     assert space["train.seed"] == {"grid_search": config.sweep.seeds}
 
 
@@ -121,7 +122,7 @@ def test_commands_in_cifar_file_comments_parse_and_give_valid_sweeps(path):
         args = cli.parser().parse_args(argv[1:])
         assert (ROOT / args.file).resolve() == path
         config = config_module.load(ROOT / args.file, args.set)
-        sweep.search_space(config)
+        sweep_space.search_space(config)
         methods.add(config.optimizer.name)
         if config.optimizer.name == "gradnorm":  # its own sweep: no radius axis to duplicate its runs
             assert "optimizer.radius" not in config.sweep.space and config.name != path.stem
@@ -158,6 +159,7 @@ def test_cluster_file_is_a_valid_ray_cluster_config_that_installs_this_repo():
     assert raw["available_node_types"]["gpu_worker"]["min_workers"] >= 1  # sweeps refuse to start without a GPU
 
 
+@pytest.mark.slow
 def test_gpu_check_without_cuda_exits_non_zero_with_a_clear_message():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU visible, also on a machine that has one
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True, text=True,

@@ -4,8 +4,8 @@ from pathlib import Path
 import matplotlib.image
 import pandas as pd
 
-from hero_bench import figures
-from hero_bench.leaderboard import per_config, select_best
+from hero_bench.results import figures
+from hero_bench.results.leaderboard import per_config, select_best
 
 FIXTURE = Path(__file__).parent / "fixtures" / "trials_small.csv"  # digits/mlp, 6 configs, 2 noise levels, 2 seeds
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -19,7 +19,7 @@ def assert_readable_png(path):
 
 
 def test_every_figure_is_a_nonblank_png(tmp_path):
-    written, skipped = figures.write_figures(pd.read_csv(FIXTURE), tmp_path / "figures")
+    written, skipped = figures.write_figures(per_config(pd.read_csv(FIXTURE)), tmp_path / "figures")
     assert skipped == []
     assert sorted(p.name for p in written) == [f"{kind}_digits_mlp.png" for kind in
                                                ("compute", "heatmap", "hessian", "label_noise", "ptq")]
@@ -31,7 +31,7 @@ def test_every_figure_is_a_nonblank_png(tmp_path):
 def test_figures_without_data_are_skipped_and_named(tmp_path):
     trials = pd.read_csv(FIXTURE)
     trials = trials[trials["data.label_noise"] == 0].drop(columns=["hessian_top_eig", "hessian_trace"])
-    written, skipped = figures.write_figures(trials, tmp_path)
+    written, skipped = figures.write_figures(per_config(trials), tmp_path)
     assert skipped == ["label_noise_digits_mlp.png: a single label-noise level",
                        "hessian_digits_mlp.png: no hessian_top_eig column in trials.csv"]
     assert sorted(p.name for p in written) == ["compute_digits_mlp.png", "heatmap_digits_mlp.png",

@@ -5,7 +5,10 @@ import math
 import pandas as pd
 import pytest
 
-from hero_bench import leaderboard as lb
+from hero_bench import trials as table
+from hero_bench.errors import HeroBenchError
+from hero_bench.results import leaderboard as lb
+from hero_bench.results import outputs
 
 # digits / mlp, seeds 0 and 1. Label noise 0:
 #   sgd  0.05/0   val 80,82  test 79,81   family sgd
@@ -76,12 +79,12 @@ def row(board, family, noise=0.0, status="completed"):
     ("gradnorm", 0.05, 0.0, "sgd"), ("gradnorm", 0.05, 0.1, "gradnorm"),
 ])
 def test_method_family_at_grid_edges(name, radius, coef, family):
-    assert lb.method_family({"optimizer.name": name, "optimizer.radius": radius,
+    assert table.family({"optimizer.name": name, "optimizer.radius": radius,
                              "optimizer.hessian_coef": coef}) == family
 
 
 def test_method_family_of_a_table_is_one_label_per_row():
-    families = lb.method_family(trials())
+    families = table.family(trials())
     assert families.tolist()[:6] == ["sgd", "sgd", "sgd", "sgd", "sgd", "sgd"]
     assert families.value_counts().to_dict() == {"sgd": 10, "hero": 8, "sam": 4, "gradnorm": 2}
 
@@ -153,7 +156,7 @@ def test_failed_trial_makes_its_configuration_incomplete_and_its_error_text_is_n
     df = trials()
     df["error"] = None
     df.loc[df["trial_id"] == "f1", ["status", "error"]] = ["failed", "RuntimeError: out of memory"]
-    assert "error" not in lb.metric_columns(df)
+    assert "error" not in table.metric_columns(df)
     board = lb.leaderboard(df)
     # hero 0.05/1 lost a seed, 0.1/1 diverged, 0.2/1 was stopped: no hero result at label noise 0
     assert board.loc[(board["family"] == "hero") & (board["data.label_noise"] == 0), "status"].tolist() == [
@@ -162,18 +165,18 @@ def test_failed_trial_makes_its_configuration_incomplete_and_its_error_text_is_n
 
 
 def test_load_trials_names_the_missing_path(tmp_path):
-    with pytest.raises(lb.TrialsNotFoundError, match=str(tmp_path / "trials.csv")):
-        lb.load_trials(tmp_path)
+    with pytest.raises(table.TrialsNotFoundError, match=str(tmp_path / "trials.csv")):
+        table.read(tmp_path)
 
 
 def test_load_trials_names_a_missing_column(tmp_path):
     trials().drop(columns=["val_acc"]).to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(lb.HeroBenchError, match="val_acc"):
-        lb.load_trials(tmp_path / "t.csv")
+    with pytest.raises(HeroBenchError, match="val_acc"):
+        table.read(tmp_path / "t.csv")
 
 
 def test_write_creates_tables_without_absent_metrics(results):
-    written = lb.write(results)
+    written = outputs.write(results)
     names = {p.name for p in written}
     assert {"per_config.csv", "leaderboard.csv", "leaderboard.md", "leaderboard.html"} <= names
     assert not [p for p in results.iterdir() if p.name.endswith(".tmp")]  # atomic writes left no temp files

@@ -1,4 +1,4 @@
-"""The four methods: each gradient rule against an independent computation (DESIGN.md §2)."""
+"""The four methods: each gradient rule against an independent computation (docs/methods.md)."""
 import copy
 import functools
 

@@ -22,7 +22,9 @@ import torch
 import yaml
 from ray import tune
 
-from hero_bench import atomic, cli, config as config_module, leaderboard, sweep, tracking
+from hero_bench import atomic, cli, config as config_module, sweep
+from hero_bench.results import outputs
+from hero_bench.sweep import trainable, tracking
 from hero_bench.errors import ConfigError
 from hero_bench.train import run_trial
 from processes import free_port, hero_bench_process, kill_all, wait_for
@@ -79,16 +81,16 @@ def test_checkpoints_load_tensors_and_data_but_never_run_pickled_code(tmp_path):
     states = []
     run_trial(config_module.from_dict(experiment(train={"epochs": 1})), report=lambda m, s: states.append(s))
     (tmp_path / "good").mkdir()
-    torch.save(states[0], tmp_path / "good" / sweep.STATE_FILE)
-    loaded = sweep.load_state(tmp_path / "good")
+    torch.save(states[0], tmp_path / "good" / trainable.STATE_FILE)
+    loaded = trainable.load_state(tmp_path / "good")
     assert loaded["result"] == states[0]["result"] and loaded["history"] == states[0]["history"]
     assert all(torch.equal(loaded["model"][k], v) for k, v in states[0]["model"].items())
 
     marker = tmp_path / "code-ran"
     (tmp_path / "evil").mkdir()
-    torch.save({"epoch": 1, "model": RunsCode(marker)}, tmp_path / "evil" / sweep.STATE_FILE)
+    torch.save({"epoch": 1, "model": RunsCode(marker)}, tmp_path / "evil" / trainable.STATE_FILE)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        sweep.load_state(tmp_path / "evil")
+        trainable.load_state(tmp_path / "evil")
     assert not marker.exists()
 
 
@@ -129,6 +131,7 @@ def test_a_dying_wandb_process_turns_tracking_off_with_a_warning(tmp_path, fresh
 
 # ------------------------------------------------------------------------- `hero-bench` processes
 
+@pytest.mark.slow
 def test_a_killed_sweep_driver_resumes_without_rerunning_or_duplicating_trials(tmp_path):
     lrs = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]
     write_experiment(
@@ -189,7 +192,7 @@ def test_a_diverging_grid_point_is_recorded_and_never_ranked_best(divergence_swe
     assert set(diverged["status"]) == {"diverged"} and set(diverged["diverged_epoch"]) == {1}
     assert set(fine["status"]) == {"completed"} and set(fine["epochs_done"]) == {2}  # the sweep went on
 
-    leaderboard.write(folder)
+    outputs.write(folder)
     board = pd.read_csv(folder / "leaderboard.csv")
     chosen = board[board["status"] == "completed"]
     assert chosen["train.lr"].tolist() == [0.05] and chosen["best_test_acc"].all()
@@ -235,7 +238,7 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(local_ray, tm
     assert [(epoch, pid != killer.killed.pid) for epoch, pid in killer.seen] == [(1, False), (2, True), (3, True)]
     row = frame.iloc[0]
     assert row["status"] == "completed" and row["epochs_done"] == 3 and row["resumed_from_epoch"] == 1
-    uninterrupted = run_trial(sweep.trial_config(config.to_dict(), {"train.seed": 0}))
+    uninterrupted = run_trial(config_module.for_trial(config, {"train.seed": 0}))
     assert row["test_acc"] == uninterrupted["test_acc"] and row["train_loss"] == uninterrupted["train_loss"]
 
 

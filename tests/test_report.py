@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import wandb_workspaces.reports.v2 as wr
 
-from hero_bench import report
+from hero_bench.results import report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "trials_small.csv"
 PNG = b"\x89PNG\r\n\x1a\n"  # report building only lists figure files, it does not read them

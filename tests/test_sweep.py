@@ -3,21 +3,15 @@ import pandas as pd
 import pytest
 
 from hero_bench import config as config_module
-from hero_bench import sweep
+from hero_bench import sweep, trials
 from hero_bench.errors import ConfigError
 from hero_bench.train import run_trial
+from tiny import experiment
 
-TINY = {
-    "name": "tiny",
-    "data": {"name": "synthetic", "args": {"num_samples": 200, "input_shape": [1, 4, 4], "num_classes": 3}},
-    "model": {"name": "mlp", "args": {"hidden": [8]}},
-    "train": {"epochs": 2, "batch_size": 50, "lr": 0.05, "threads": 1},
-    "optimizer": {"name": "hero", "hvp": "exact"},
-    "evaluate": {"ptq_bits": [4], "hessian": {"top_eigenvalue": False, "trace": False}, "weight_noise": {"sigmas": []}},
-    "sweep": {"space": {"optimizer.radius": [0.0, 0.1], "optimizer.hessian_coef": [0.0, 1.0]}, "seeds": [0],
-              "resources_per_trial": {"cpu": 1}},
-    "tracking": {"wandb": "disabled"},
-}
+TINY = experiment(
+    name="tiny", optimizer={"name": "hero", "hvp": "exact"}, evaluate={"ptq_bits": [4]},
+    sweep={"space": {"optimizer.radius": [0.0, 0.1], "optimizer.hessian_coef": [0.0, 1.0]}},
+)
 
 
 def make(**sweep_section):
@@ -35,12 +29,12 @@ def test_grid_sweep_writes_one_row_per_trial_matching_what_each_trial_ran(tmp_pa
     written = pd.read_csv(tmp_path / "results" / "tiny" / "trials.csv")
     assert len(written) == 4 and set(written["status"]) == {"completed"}
     assert sorted(zip(written["optimizer.radius"], written["optimizer.hessian_coef"])) == [(0.0, 0.0), (0.0, 1.0), (0.1, 0.0), (0.1, 1.0)]
-    for column in [*sweep.ALWAYS_COLUMNS, "trial_id", "status", "test_acc", "val_acc", "ptq_acc_4bit", "grad_evals"]:
+    for column in [*trials.COLUMNS, "trial_id", "status", "test_acc", "val_acc", "ptq_acc_4bit", "grad_evals"]:
         assert column in written.columns, column
     # each row's metrics are exactly those of the same configuration trained here, in-process
     for _, row in written.iterrows():
         params = {"optimizer.radius": row["optimizer.radius"], "optimizer.hessian_coef": row["optimizer.hessian_coef"], "train.seed": 0}
-        direct = run_trial(sweep.trial_config(config.to_dict(), params))
+        direct = run_trial(config_module.for_trial(config, params))
         assert row["test_acc"] == pytest.approx(direct["test_acc"]) and row["grad_evals"] == direct["grad_evals"]
     assert len(frame) == 4
 

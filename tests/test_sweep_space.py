@@ -2,7 +2,8 @@
 import pytest
 
 from hero_bench import config as config_module
-from hero_bench import sweep
+from hero_bench import trials
+from hero_bench.sweep import space as sweep
 from hero_bench.errors import ConfigError
 
 
@@ -27,9 +28,9 @@ def test_a_list_of_grids_runs_their_union_without_duplicates():
 def test_a_union_point_becomes_the_trials_config_and_row():
     config = make([{"optimizer.name": ["gradnorm"], "optimizer.hessian_coef": [0.1]}])
     params = {"point": {"optimizer.name": "gradnorm", "optimizer.hessian_coef": 0.1}, "train.seed": 1}
-    trial = sweep.trial_config(config.to_dict(), params)
+    trial = config_module.for_trial(config, sweep.trial_params(params))
     assert (trial.optimizer.name, trial.optimizer.hessian_coef, trial.train.seed) == ("gradnorm", 0.1, 1)
-    row = sweep.trial_row(config.to_dict(), "id", params, {"epoch": trial.train.epochs, "test_acc": 90.0}, None)
+    row = trials.row("id", trial, sweep.trial_params(params), {"epoch": trial.train.epochs, "test_acc": 90.0}, None)
     assert row["optimizer.name"] == "gradnorm" and row["status"] == "completed" and "point" not in row
 
 

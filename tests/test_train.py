@@ -7,22 +7,11 @@ from hero_bench import config as config_module
 from hero_bench.config import Config
 from hero_bench.errors import ConfigError
 from hero_bench.train import InjectedFault, run_trial
-
-NO_EVAL = {"ptq_bits": [], "hessian": {"top_eigenvalue": False, "trace": False}, "weight_noise": {"sigmas": []}}
+from tiny import experiment
 
 
 def tiny(**sections):
-    raw = {
-        "name": "tiny",
-        "data": {"name": "synthetic", "args": {"num_samples": 256, "input_shape": [1, 4, 4], "num_classes": 3}},
-        "model": {"name": "mlp", "args": {"hidden": [16]}},
-        "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "threads": 1},
-        "optimizer": {"name": "sgd"},
-        "evaluate": NO_EVAL,
-    }
-    for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
-    return config_module.from_dict(raw)
+    return config_module.from_dict(experiment(**sections))
 
 
 def without_timings(result):
@@ -47,8 +36,11 @@ def test_result_has_the_design_keys_and_a_consistent_generalization_gap():
 
 
 def test_report_is_called_each_epoch_with_checkpoints_every_checkpoint_every():
+    # run_trial offers a snapshot every epoch; the sweep's trainable saves it when checkpoint_due
+    from hero_bench.sweep.trainable import checkpoint_due
+
     calls = []
-    run_trial(tiny(train={"epochs": 3}, sweep={"checkpoint_every": 2}), report=lambda m, s: calls.append((m["epoch"], s is not None)))
+    run_trial(tiny(train={"epochs": 3}), report=lambda m, s: calls.append((m["epoch"], s is not None and checkpoint_due(m["epoch"], 2, 3))))
     assert calls == [(1, False), (2, True), (3, True)]
 
 

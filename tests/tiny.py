@@ -1,4 +1,4 @@
-"""The tiny experiment that sweep tests start from: synthetic data, a one-layer mlp, SGD, no
+"""The tiny experiment that tests start from: synthetic data, a one-hidden-layer mlp, SGD, no
 end-of-trial evaluation, W&B off. Each test replaces what it is about with `experiment(...)`."""
 import json
 

@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hero_bench.atomic import write_atomic  # noqa: E402
-from hero_bench.leaderboard import family_order, per_config, select_best  # noqa: E402
+from hero_bench.results.leaderboard import select_best  # noqa: E402
+from hero_bench.trials import COEF, DATA, FAMILY, METHOD, MODEL, NOISE, RADIUS, STATUS, family_order  # noqa: E402
 
 CAPTIONS = {
     "heatmap": "HERO mean validation and test accuracy over the (radius ρ, hessian_coef γ) grid",
@@ -56,11 +57,11 @@ def _heatmap_grids(hero, radii, coefs):
     """(val grid, test grid, diverged mask) over radius x hessian_coef for one label-noise level."""
     val, test = np.full((2, len(radii), len(coefs)), np.nan)
     diverged = np.zeros((len(radii), len(coefs)), dtype=bool)
-    for (r, g), cell in hero.groupby(["optimizer.radius", "optimizer.hessian_coef"]):
+    for (r, g), cell in hero.groupby([RADIUS, COEF]):
         i, k = np.searchsorted(radii, r), np.searchsorted(coefs, g)
-        done = cell[(cell["status"] == "completed") & cell["val_acc_mean"].notna()]
+        done = cell[(cell[STATUS] == "completed") & cell["val_acc_mean"].notna()]
         if done.empty:
-            diverged[i, k] = (cell["status"] == "diverged").any()
+            diverged[i, k] = (cell[STATUS] == "diverged").any()
         else:
             best = done.loc[done["val_acc_mean"].idxmax()]
             val[i, k], test[i, k] = best["val_acc_mean"], best["test_acc_mean"]
@@ -71,21 +72,21 @@ def heatmap(configs, chosen, title):
     """Mean val/test accuracy of the hero rows over (ρ, γ); one column per label-noise level, with
     one color scale per column. Where several configurations share a cell (other swept keys), the
     one with the best val accuracy fills it."""
-    hero = configs[configs["optimizer.name"] == "hero"]
+    hero = configs[configs[METHOD] == "hero"]
     if hero.empty:
         return "no hero configurations"
-    radii = np.sort(hero["optimizer.radius"].unique())
-    coefs = np.sort(hero["optimizer.hessian_coef"].unique())
+    radii = np.sort(hero[RADIUS].unique())
+    coefs = np.sort(hero[COEF].unique())
     if len(radii) * len(coefs) < 2:
         return "hero ran at a single (radius, hessian_coef) point"
-    if not hero["status"].isin(["completed", "diverged"]).any():
+    if not hero[STATUS].isin(["completed", "diverged"]).any():
         return "no hero configuration completed or diverged"
-    noises = np.sort(hero["data.label_noise"].unique())
+    noises = np.sort(hero[NOISE].unique())
     size = (len(noises) * (1.0 * len(coefs) + 2.5), 2 * (0.8 * len(radii) + 1.2) + 0.6)
     fig, axes = plt.subplots(2, len(noises), figsize=size, squeeze=False, constrained_layout=True)
     fig.suptitle(f"{title}: HERO accuracy (%) over radius ρ and hessian_coef γ; grey: no completed run")
     for j, p in enumerate(noises):
-        val, test, diverged = _heatmap_grids(hero[hero["data.label_noise"] == p], radii, coefs)
+        val, test, diverged = _heatmap_grids(hero[hero[NOISE] == p], radii, coefs)
         finite = np.concatenate([val[np.isfinite(val)], test[np.isfinite(test)]])
         lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 100.0)
         for ax, grid, split in ((axes[0][j], val, "validation"), (axes[1][j], test, "test")):
@@ -113,14 +114,14 @@ def ptq(configs, chosen, title):
                   reverse=True)
     if len(bits) < 2:
         return "fewer than two ptq_acc_{b}bit columns with data"
-    noises = np.sort(chosen["data.label_noise"].unique())
+    noises = np.sort(chosen[NOISE].unique())
     fig, axes = _panels(len(noises), f"{title}: test accuracy after post-training quantization "
                                      "(dashed: float weights)")
-    families = family_order(chosen["family"])
+    families = family_order(chosen[FAMILY])
     for ax, p in zip(axes, noises):
-        at_noise = chosen[chosen["data.label_noise"] == p]
+        at_noise = chosen[chosen[NOISE] == p]
         for family in families:
-            row = at_noise[at_noise["family"] == family]
+            row = at_noise[at_noise[FAMILY] == family]
             if row.empty:
                 continue
             row = row.iloc[0]
@@ -135,27 +136,27 @@ def ptq(configs, chosen, title):
         ax.set_title(_noise_label(p))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    axes[0].legend(title="family")
+    axes[0].legend(title=FAMILY)
     fig.tight_layout()
     return fig
 
 
 def label_noise(configs, chosen, title):
     """Test accuracy of each family's chosen configuration vs the label-noise rate."""
-    noises = np.sort(chosen["data.label_noise"].unique())
+    noises = np.sort(chosen[NOISE].unique())
     if len(noises) < 2:
         return "a single label-noise level"
     fig, axes = _panels(1, f"{title}: test accuracy vs label noise", width=6, height=4.2)
     ax = axes[0]
-    families = family_order(chosen["family"])
+    families = family_order(chosen[FAMILY])
     for family in families:
-        rows = chosen[chosen["family"] == family].sort_values("data.label_noise")
-        ax.errorbar(rows["data.label_noise"], rows["test_acc_mean"], yerr=rows["test_acc_std"].fillna(0),
+        rows = chosen[chosen[FAMILY] == family].sort_values(NOISE)
+        ax.errorbar(rows[NOISE], rows["test_acc_mean"], yerr=rows["test_acc_std"].fillna(0),
                     marker="o", capsize=3, color=_color(family, families), label=family)
     ax.set_xticks(noises, [f"{p:g}" for p in noises])
     ax.set_xlabel("training label-noise rate p")
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(title="family")
+    ax.legend(title=FAMILY)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -168,20 +169,20 @@ def hessian(configs, chosen, title):
     rows = chosen[chosen["hessian_top_eig_mean"].notna()]
     if rows.empty:
         return "hessian_top_eig has no values"
-    noises = np.sort(rows["data.label_noise"].unique())
-    families = family_order(rows["family"])
+    noises = np.sort(rows[NOISE].unique())
+    families = family_order(rows[FAMILY])
     fig, axes = _panels(1, f"{title}: top Hessian eigenvalue (lower = flatter)",
                         width=max(5.0, 1.2 * len(noises) * len(families)), height=4.2)
     ax = axes[0]
     width = 0.8 / len(families)
     for k, family in enumerate(families):
-        bars = rows[rows["family"] == family].set_index("data.label_noise").reindex(noises)
+        bars = rows[rows[FAMILY] == family].set_index(NOISE).reindex(noises)
         x = np.arange(len(noises)) + (k - (len(families) - 1) / 2) * width
         ax.bar(x, bars["hessian_top_eig_mean"], width, yerr=bars["hessian_top_eig_std"].fillna(0), capsize=3,
                color=_color(family, families), label=family)
     ax.set_xticks(np.arange(len(noises)), [_noise_label(p) for p in noises])
     ax.set_ylabel("top eigenvalue λ_max")
-    ax.legend(title="family")
+    ax.legend(title=FAMILY)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -193,7 +194,7 @@ COMPUTE_AXES = (("grad_evals", "gradient evaluations per trial"), ("time_total_s
 
 def compute(configs, chosen, title):
     """Every completed configuration's test accuracy against its cost; circled: chosen by validation."""
-    done = configs[configs["status"] == "completed"]
+    done = configs[configs[STATUS] == "completed"]
     axis = next(((key, label) for key, label in COMPUTE_AXES
                  if f"{key}_mean" in done and done[f"{key}_mean"].notna().any()), None)
     if axis is None:
@@ -202,15 +203,15 @@ def compute(configs, chosen, title):
     done = done[done[f"{key}_mean"].notna() & done["test_acc_mean"].notna()]
     if len(done) < 2:
         return "fewer than two completed configurations with cost data"
-    noises = np.sort(done["data.label_noise"].unique())
+    noises = np.sort(done[NOISE].unique())
     fig, axes = _panels(len(noises), f"{title}: test accuracy vs compute (circled: chosen by validation)")
-    families = family_order(done["family"])
+    families = family_order(done[FAMILY])
     for ax, p in zip(axes, noises):
         for family in families:
-            rows = done[(done["data.label_noise"] == p) & (done["family"] == family)]
+            rows = done[(done[NOISE] == p) & (done[FAMILY] == family)]
             ax.scatter(rows[f"{key}_mean"], rows["test_acc_mean"], color=_color(family, families), alpha=0.7,
                        label=family)
-        best = chosen[chosen["data.label_noise"] == p]
+        best = chosen[chosen[NOISE] == p]
         ax.scatter(best[f"{key}_mean"], best["test_acc_mean"], s=160, facecolors="none", edgecolors="black")
         x = done[f"{key}_mean"]
         if x.min() > 0 and x.max() / x.min() > 20:
@@ -219,7 +220,7 @@ def compute(configs, chosen, title):
         ax.set_title(_noise_label(p))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    axes[0].legend(title="family")
+    axes[0].legend(title=FAMILY)
     fig.tight_layout()
     return fig
 
@@ -227,25 +228,31 @@ def compute(configs, chosen, title):
 FIGURES = {"heatmap": heatmap, "ptq": ptq, "label_noise": label_noise, "hessian": hessian, "compute": compute}
 
 
-def figure_kind(path):
-    """`ptq_digits_mlp.png` -> `ptq` (file names are `{kind}_{dataset}_{model}.png`)."""
-    name = Path(path).name
-    return next((k for k in sorted(FIGURES, key=len, reverse=True) if name.startswith(k + "_")), None)
+def figure_name(kind, data, model):
+    """The file name of a figure kind for one (dataset, model): `{kind}_{dataset}_{model}.png`."""
+    return f"{kind}_{_slug(data)}_{_slug(model)}.png"
 
 
-def write_figures(df, out_dir):
-    """Draw every figure kind for every (dataset, model) of a trials table into out_dir.
-    Returns (written PNG paths, skipped notes `file: reason`)."""
+def figures_of(df, folder):
+    """(kind, path) of every figure drawn in `folder` for the (dataset, model) pairs of a trials table,
+    per pair in the order of FIGURES."""
+    pairs = sorted(set(zip(df[DATA], df[MODEL])))
+    paths = [(kind, Path(folder) / figure_name(kind, data, model)) for data, model in pairs for kind in FIGURES]
+    return [(kind, path) for kind, path in paths if path.is_file()]
+
+
+def write_figures(configs, out_dir):
+    """Draw every figure kind for every (dataset, model) of per-configuration statistics (per_config)
+    into out_dir. Returns (written PNG paths, skipped notes `file: reason`)."""
     out_dir = Path(out_dir)
-    configs = per_config(df)
     written, skipped = [], []
     if configs.empty:
         return written, ["all figures: the trials table has no rows"]
     chosen_all = select_best(configs)
-    for (data, model), group in configs.groupby(["data.name", "model.name"], sort=True):
-        chosen = chosen_all[(chosen_all["data.name"] == data) & (chosen_all["model.name"] == model)]
+    for (data, model), group in configs.groupby([DATA, MODEL], sort=True):
+        chosen = chosen_all[(chosen_all[DATA] == data) & (chosen_all[MODEL] == model)]
         for kind, draw in FIGURES.items():
-            name = f"{kind}_{_slug(data)}_{_slug(model)}.png"
+            name = figure_name(kind, data, model)
             if chosen.empty and kind != "heatmap":  # only the heatmap can show diverged cells alone
                 fig = "no configuration completed every seed"
             else:

@@ -11,14 +11,15 @@ from urllib.parse import urlparse
 import pandas as pd
 import wandb_workspaces.reports.v2 as wr
 
+from hero_bench import trials
 from hero_bench.atomic import write_atomic
 from hero_bench.errors import HeroBenchError
-from hero_bench.figures import CAPTIONS, FIGURES, figure_kind
-from hero_bench.leaderboard import (INTRO, experiment_name, leaderboard, load_trials, markdown_tables,
-                                    metric_columns, shown_metrics, trials_path)
+from hero_bench.results.figures import CAPTIONS, figures_of
+from hero_bench.results.leaderboard import INTRO, experiment_name, leaderboard, markdown_tables, shown_metrics
+from hero_bench.trials import COEF, NOISE, RADIUS, metric_columns
 
 # The sweep's knobs and the accuracies they drive, as parallel axes (config keys, then summary metrics).
-PARALLEL_CONFIG = ("optimizer.radius", "optimizer.hessian_coef", "data.label_noise")
+PARALLEL_CONFIG = (RADIUS, COEF, NOISE)
 PARALLEL_METRICS = ("val_acc", "test_acc")
 # Runs carry their method family as W&B job type (tracking.py), so panels group by it.
 FAMILY = "JobType"
@@ -31,34 +32,27 @@ def _load(source):
     """results folder, trials.csv path or DataFrame -> (experiment name, trials, folder or None)."""
     if isinstance(source, pd.DataFrame):
         return experiment_name(source, "hero-bench"), source, None
-    folder = trials_path(source).parent
-    df = load_trials(source)
+    folder = trials.path_of(source).parent
+    df = trials.read(source)
     return experiment_name(df, folder.name), df, folder
 
 
 def _summary(name, df):
-    counts = df["status"].value_counts()
+    counts = df[trials.STATUS].value_counts()
     statuses = ", ".join(f"{n} {status}" for status, n in counts.items())
-    datasets = ", ".join(map(str, sorted(df["data.name"].unique())))
-    models = ", ".join(map(str, sorted(df["model.name"].unique())))
-    noise = ", ".join(f"{p:g}" for p in sorted(df["data.label_noise"].unique()))
+    datasets = ", ".join(map(str, sorted(df[trials.DATA].unique())))
+    models = ", ".join(map(str, sorted(df[trials.MODEL].unique())))
+    noise = ", ".join(f"{p:g}" for p in sorted(df[NOISE].unique()))
     return (f"Experiment `{name}`: {len(df)} trials ({statuses}) on {datasets} with {models}; "
-            f"label noise {noise}; {df['train.seed'].nunique()} seed(s) per configuration. "
+            f"label noise {noise}; {df[trials.SEED].nunique()} seed(s) per configuration. "
             "Hyperparameters are chosen on validation accuracy; test accuracy is reported, never used to choose.")
 
 
-def _figures(folder):
+def _figures(df, folder):
     """(path relative to the results folder, caption) of every figure drawn for this experiment."""
     if folder is None:
         return []
-    kinds = list(FIGURES)
-
-    def order(path):  # per (dataset, model), in the order figures.py draws them
-        kind = figure_kind(path)
-        return (path.name.removeprefix(f"{kind}_"), kinds.index(kind)) if kind else (path.name, len(kinds))
-
-    found = sorted((folder / "figures").glob("*.png"), key=order)
-    return [(p.relative_to(folder).as_posix(), CAPTIONS.get(figure_kind(p), p.stem)) for p in found]
+    return [(path.relative_to(folder).as_posix(), CAPTIONS[kind]) for kind, path in figures_of(df, folder / "figures")]
 
 
 def _panels(df):
@@ -100,7 +94,7 @@ def build_report(source, *, entity, project, title=None, figures_base_url=None):
               wr.H1(text="Sweep"),
               wr.MarkdownBlock(text=PANELS_NOTE.format(name=name)),
               wr.PanelGrid(runsets=[runset], panels=_panels(df))]
-    figures = _figures(folder)
+    figures = _figures(df, folder)
     if figures:
         blocks.append(wr.H1(text="Figures"))
         if figures_base_url:
@@ -120,7 +114,7 @@ def report_markdown(results_dir, *, title=None):
     parts = [f"# {title or f'hero-bench: {name}'}\n", _summary(name, df) + "\n",
              "## Leaderboard\n", INTRO + "\n", markdown_tables(leaderboard(df), heading="###"),
              "## Figures\n"]
-    figures = _figures(folder)
+    figures = _figures(df, folder)
     parts += [f"### {caption}\n\n![{caption}]({path})\n" for path, caption in figures] or \
              ["No figures drawn yet (`hero-bench leaderboard` draws them).\n"]
     parts.append("## W&B\n\nPublished with `hero-bench report`, the W&B version of this report adds live panels "
@@ -145,7 +139,7 @@ def has_credentials():
 def publish(results_dir, entity, project, *, title=None, figures_base_url=None):
     """Write results/<name>/report.md; when W&B credentials exist and WANDB_MODE is online (the
     default), also save the report to W&B and print its URL. Returns the URL or the report.md path."""
-    folder = trials_path(results_dir).parent
+    folder = trials.path_of(results_dir).parent
     path = write_atomic(folder / "report.md", report_markdown(results_dir, title=title))
     mode = os.environ.get("WANDB_MODE", "online")
     if mode in ("offline", "disabled", "dryrun") or not has_credentials():

@@ -4,7 +4,7 @@ Data flow: `trials.csv` (one row per trial, written by the sweep) is grouped int
 (every config column except `train.seed`), each metric is summarized over the seeds that
 completed, and for every (dataset, model, label noise) the leaderboard keeps, per method family,
 the configuration with the best MEAN VALIDATION accuracy. Test accuracy is reported, never used to
-choose (DESIGN.md section 3).
+choose (docs/results.md).
 
 Statistics over the n completed seeds of a configuration:
     mean = Σx / n,   std = sqrt(Σ(x - mean)² / (n - 1)),   ci95 = t_{0.975, n-1} · std / sqrt(n)
@@ -12,98 +12,16 @@ Statistics over the n completed seeds of a configuration:
 """
 import html
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from hero_bench.atomic import write_atomic
-from hero_bench.errors import HeroBenchError
+from hero_bench import trials
+from hero_bench.trials import FAMILY, GROUP_KEYS, STATUS, config_columns, family, family_order, is_config_key, metric_columns
 
-TRIAL_COLUMNS = ("trial_id", "status", "diverged_epoch")
-GROUP_KEYS = ["data.name", "model.name", "data.label_noise"]
-REQUIRED_COLUMNS = ("trial_id", "status", "data.name", "model.name", "optimizer.name",
-                    "optimizer.radius", "optimizer.hessian_coef", "data.label_noise", "train.seed",
-                    "val_acc", "test_acc")
-FAMILIES = ("sgd", "sam", "hero", "gradnorm")
 # Config columns always shown in leaderboard.md/html; other config columns only where they vary.
-SHOWN_CONFIG = ("optimizer.name", "optimizer.radius", "optimizer.hessian_coef", "train.lr")
-# A dotted YAML key: every part starts with a letter. `weight_noise_acc_0.01` is a metric, not a key.
-_DOTTED_KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
-
-
-class TrialsNotFoundError(HeroBenchError, FileNotFoundError):
-    """No trials.csv where one was expected; the message names the path."""
-
-
-# ---------------------------------------------------------------------------------------- reading
-
-def trials_path(path):
-    """`results/<experiment>/` or a trials.csv file -> the trials.csv path."""
-    path = Path(path)
-    return path / "trials.csv" if path.is_dir() else path
-
-
-def load_trials(path):
-    """Read trials.csv from a results folder or a file path; fails with one line naming the path."""
-    csv = trials_path(path)
-    if not csv.is_file():
-        raise TrialsNotFoundError(f"no trials table at {csv} (run `hero-bench sweep` to create it)")
-    try:
-        df = pd.read_csv(csv)
-    except pd.errors.EmptyDataError:
-        raise HeroBenchError(f"trials table {csv} is empty") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise HeroBenchError(f"trials table {csv} lacks column(s) {', '.join(missing)}")
-    return df
-
-
-def config_columns(df):
-    """Config columns: `name` and every dotted YAML key (`optimizer.radius`, any swept key)."""
-    return [c for c in df.columns if c == "name" or _DOTTED_KEY.match(c)]
-
-
-def metric_columns(df):
-    """Every numeric column that is neither config nor trial bookkeeping (trial_id, status,
-    diverged_epoch); text such as a failed trial's `error` message is no metric."""
-    config = set(config_columns(df))
-    return [c for c in df.columns
-            if c not in config and c not in TRIAL_COLUMNS and pd.api.types.is_numeric_dtype(df[c])]
-
-
-# --------------------------------------------------------------------------------------- families
-
-def _family(name, radius, hessian_coef):
-    # The (ρ, γ) grid holds SGD and SAM as its edges, so a row belongs to the method it computes.
-    if name == "sam":
-        return "sgd" if radius == 0 else "sam"
-    if name == "hero":
-        if radius == 0:
-            return "sgd"
-        return "sam" if hessian_coef == 0 else "hero"
-    if name == "gradnorm":
-        return "sgd" if hessian_coef == 0 else "gradnorm"
-    return name  # sgd, or a method registered later: its own family
-
-
-def method_family(row_or_df):
-    """Method family of a trial row (-> str) or of every row of a DataFrame (-> Series).
-
-    sgd -> sgd; sam -> sgd if ρ = 0 else sam; hero -> sgd if ρ = 0, sam if γ = 0, else hero;
-    gradnorm -> sgd if γ = 0 else gradnorm.
-    """
-    columns = (row_or_df["optimizer.name"], row_or_df["optimizer.radius"], row_or_df["optimizer.hessian_coef"])
-    if isinstance(row_or_df, pd.DataFrame):
-        return pd.Series([_family(*row) for row in zip(*columns)], index=row_or_df.index, name="family", dtype=object)
-    return _family(*columns)
-
-
-def family_order(families):
-    """sgd, sam, hero, gradnorm first, then any other family alphabetically."""
-    known = [f for f in FAMILIES if f in set(families)]
-    return known + sorted(set(families) - set(FAMILIES))
+SHOWN_CONFIG = (trials.METHOD, trials.RADIUS, trials.COEF, trials.LR)
 
 
 # ------------------------------------------------------------------------------ per configuration
@@ -116,19 +34,19 @@ def per_config(df):
     status: `diverged` if any seed diverged; `completed` if every seed of the table (every
     train.seed value seen) completed; `incomplete` otherwise (failed, stopped early, or missing).
     """
-    keys = [c for c in config_columns(df) if c != "train.seed"]
+    keys = [c for c in config_columns(df) if c != trials.SEED]
     by = [df[k] for k in keys]
-    completed = df["status"] == "completed"
-    trials = pd.DataFrame({"completed": completed, "diverged": df["status"] == "diverged",
-                           "seed": df["train.seed"],
-                           "diverged_epoch": pd.to_numeric(df.get("diverged_epoch", np.nan), errors="coerce")})
-    info = trials.groupby(by, dropna=False, sort=True).agg(
+    completed = df[STATUS] == "completed"
+    table = pd.DataFrame({"completed": completed, "diverged": df[STATUS] == "diverged",
+                          "seed": df[trials.SEED],
+                          trials.DIVERGED_EPOCH: pd.to_numeric(df.get(trials.DIVERGED_EPOCH, np.nan), errors="coerce")})
+    info = table.groupby(by, dropna=False, sort=True).agg(
         n_trials=("completed", "size"), n_completed=("completed", "sum"), any_diverged=("diverged", "any"),
-        all_completed=("completed", "all"), n_seeds=("seed", "nunique"), diverged_epoch=("diverged_epoch", "min"))
+        all_completed=("completed", "all"), n_seeds=("seed", "nunique"), diverged_epoch=(trials.DIVERGED_EPOCH, "min"))
     info = info.reset_index()
-    info.insert(len(keys), "family", method_family(info))
-    complete = info["all_completed"] & (info["n_seeds"] == df["train.seed"].nunique())
-    info.insert(len(keys) + 1, "status", np.select([info["any_diverged"], complete], ["diverged", "completed"],
+    info.insert(len(keys), FAMILY, family(info))
+    complete = info["all_completed"] & (info["n_seeds"] == df[trials.SEED].nunique())
+    info.insert(len(keys) + 1, STATUS, np.select([info["any_diverged"], complete], ["diverged", "completed"],
                                                    "incomplete"))
     info = info.drop(columns=["any_diverged", "all_completed", "n_seeds"])
 
@@ -148,8 +66,8 @@ def per_config(df):
 def select_best(configs):
     """Per (dataset, model, label noise, family): the completed configuration with the highest
     mean validation accuracy. Diverged and incomplete configurations are never chosen."""
-    eligible = configs[(configs["status"] == "completed") & configs["val_acc_mean"].notna()]
-    best = eligible.loc[eligible.groupby(GROUP_KEYS + ["family"], dropna=False)["val_acc_mean"].idxmax()]
+    eligible = configs[(configs[STATUS] == "completed") & configs["val_acc_mean"].notna()]
+    best = eligible.loc[eligible.groupby(GROUP_KEYS + [FAMILY], dropna=False)["val_acc_mean"].idxmax()]
     return best.reset_index(drop=True)
 
 
@@ -171,7 +89,7 @@ def shown_metrics(metrics):
     return [m for m in order if m in metrics]
 
 
-def leaderboard(df):
+def leaderboard(df, configs=None):
     """Leaderboard of a trials table.
 
     Per (data.name, model.name, data.label_noise): one row per method family with the configuration
@@ -179,35 +97,36 @@ def leaderboard(df):
     (status diverged, never chosen). Columns: group keys, family, status, config, n_seeds, m_mean and
     m_std per shown metric, test_acc_ci95, best_test_acc (True where the group's best test accuracy
     is), gain_vs_sgd and gain_vs_sam (test_acc_mean minus that family's, in points).
+    `configs`: per_config(df), when the caller has it already.
     """
-    configs = per_config(df)
+    configs = per_config(df) if configs is None else configs
     metrics = shown_metrics(metric_columns(df))
-    config = [c for c in config_columns(df) if c not in GROUP_KEYS + ["name", "train.seed"]]
-    columns = (GROUP_KEYS + ["family", "status"] + config + ["n_seeds", "n_trials"]
+    config = [c for c in config_columns(df) if c not in GROUP_KEYS + [trials.NAME, trials.SEED]]
+    columns = (GROUP_KEYS + [FAMILY, STATUS] + config + ["n_seeds", "n_trials"]
                + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["test_acc_ci95"])
     if configs.empty:
         return pd.DataFrame(columns=columns)
     best = select_best(configs)
-    diverged = configs[configs["status"] == "diverged"]
+    diverged = configs[configs[STATUS] == "diverged"]
     board = pd.concat([best, diverged], ignore_index=True).rename(columns={"n_completed": "n_seeds"})
-    if "diverged_epoch" in board and (board["status"] == "diverged").any():
-        columns.insert(columns.index("status") + 1, "diverged_epoch")
+    if trials.DIVERGED_EPOCH in board and (board[STATUS] == "diverged").any():
+        columns.insert(columns.index(STATUS) + 1, trials.DIVERGED_EPOCH)
     board = board[columns]
     # A diverged configuration's surviving seeds are not a result; its stats stay in per_config.csv.
     stats_columns = [c for c in board.columns if c.endswith(("_mean", "_std", "_ci95"))]
-    board.loc[board["status"] == "diverged", stats_columns] = np.nan
+    board.loc[board[STATUS] == "diverged", stats_columns] = np.nan
 
-    rank = {f: i for i, f in enumerate(family_order(board["family"]))}
-    board = board.assign(_diverged=board["status"] == "diverged", _rank=board["family"].map(rank))
+    rank = {f: i for i, f in enumerate(family_order(board[FAMILY]))}
+    board = board.assign(_diverged=board[STATUS] == "diverged", _rank=board[FAMILY].map(rank))
     board = board.sort_values(GROUP_KEYS + ["_diverged", "_rank"]).drop(columns=["_diverged", "_rank"])
     board = board.reset_index(drop=True)
-    chosen = board["status"] == "completed"
+    chosen = board[STATUS] == "completed"
     top = board[chosen].groupby(GROUP_KEYS, dropna=False)["test_acc_mean"].transform("max")
     board["best_test_acc"] = False
     board.loc[top.index, "best_test_acc"] = np.isclose(board.loc[top.index, "test_acc_mean"], top)
     keys = pd.MultiIndex.from_frame(board[GROUP_KEYS])
     for base in ("sgd", "sam"):
-        reference = board[chosen & (board["family"] == base)].set_index(GROUP_KEYS)["test_acc_mean"]
+        reference = board[chosen & (board[FAMILY] == base)].set_index(GROUP_KEYS)["test_acc_mean"]
         gain = board["test_acc_mean"].to_numpy() - reference.reindex(keys).to_numpy()
         board[f"gain_vs_{base}"] = np.where(chosen, gain, np.nan)
     return board
@@ -233,15 +152,15 @@ def _display(board):
     {config column: value} for config columns that are the same on every row)."""
     metrics = [c.removesuffix("_mean") for c in board.columns if c.endswith("_mean")]
     constant = [c for c in board.columns
-                if c not in GROUP_KEYS + list(SHOWN_CONFIG) + ["family", "status", "diverged_epoch"]
-                and _DOTTED_KEY.match(c) and board[c].nunique(dropna=False) == 1]
-    config = [c for c in board.columns if _DOTTED_KEY.match(c) and c not in GROUP_KEYS + constant]
+                if c not in GROUP_KEYS + list(SHOWN_CONFIG) + [FAMILY, STATUS, trials.DIVERGED_EPOCH]
+                and is_config_key(c) and board[c].nunique(dropna=False) == 1]
+    config = [c for c in board.columns if is_config_key(c) and c not in GROUP_KEYS + constant]
     table = pd.DataFrame(index=board.index)
-    table["family"] = board["family"]
-    table["status"] = board["status"]
-    if "diverged_epoch" in board:
-        epoch = board["diverged_epoch"].map(lambda e: "" if pd.isna(e) else f" (epoch {e:.0f})")
-        table["status"] = board["status"] + epoch
+    table[FAMILY] = board[FAMILY]
+    table[STATUS] = board[STATUS]
+    if trials.DIVERGED_EPOCH in board:
+        epoch = board[trials.DIVERGED_EPOCH].map(lambda e: "" if pd.isna(e) else f" (epoch {e:.0f})")
+        table[STATUS] = board[STATUS] + epoch
     for c in config:
         table[c] = board[c].map(_number)
     table["seeds done"] = [f"{done}/{n}" for done, n in zip(board["n_seeds"], board["n_trials"])]
@@ -263,7 +182,7 @@ def _groups(board):
 
 
 def _gain_sentence(group):
-    hero = group[(group["family"] == "hero") & (group["status"] == "completed")]
+    hero = group[(group[FAMILY] == "hero") & (group[STATUS] == "completed")]
     if hero.empty:
         return ""
     parts = [f"{g:+.2f} points over {base.upper()}" for base in ("sgd", "sam")
@@ -326,22 +245,3 @@ def to_html(board, title):
 def experiment_name(df, fallback):
     names = df["name"].dropna().unique() if "name" in df else []
     return str(names[0]) if len(names) == 1 else str(fallback)
-
-
-def write(results_dir):
-    """Write per_config.csv, leaderboard.{csv,md,html} and figures/*.png into the results folder.
-    Returns the written paths; figures that lack data are skipped with a printed one-line note."""
-    from hero_bench import figures  # figures builds on this module; imported here to avoid a cycle
-
-    folder = trials_path(results_dir).parent
-    df = load_trials(results_dir)
-    board = leaderboard(df)
-    title = f"Leaderboard: {experiment_name(df, folder.name)}"
-    written = [write_atomic(folder / "per_config.csv", per_config(df).to_csv(index=False)),
-               write_atomic(folder / "leaderboard.csv", board.to_csv(index=False)),
-               write_atomic(folder / "leaderboard.md", to_markdown(board, title)),
-               write_atomic(folder / "leaderboard.html", to_html(board, title))]
-    drawn, skipped = figures.write_figures(df, folder / "figures")
-    for note in skipped:
-        print(f"figure skipped: {note}")
-    return written + drawn

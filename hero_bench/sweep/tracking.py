@@ -1,28 +1,27 @@
 """W&B tracking of a sweep: one run per trial, one summary run at the end.
 
 Runs live under results/<name>/wandb/ (git-ignored), in `offline` mode by default so no account is
-needed (`wandb sync results/<name>/wandb/offline-run-*` uploads them later). Tracking never takes a
-sweep down: any W&B failure becomes one warning and tracking is switched off for the rest of the sweep.
-The API key is read by wandb from the environment or its netrc; hero-bench never reads or writes it.
+needed (`wandb sync results/<name>/wandb/wandb/offline-run-*` uploads them later). Tracking never
+takes a sweep down: any W&B failure becomes one warning and tracking is switched off for the rest of
+the sweep. The API key is read by wandb from the environment or its netrc; hero-bench never reads or
+writes it.
 """
-import copy
 import warnings
 from pathlib import Path
 
 from ray import tune
 
-from hero_bench.config import set_dotted
-from hero_bench.leaderboard import method_family
-from hero_bench.sweep import trial_params
+from hero_bench import trials
+from hero_bench.sweep.space import TrialConfigs
 
 INIT_TIMEOUT_S = 30  # online mode without network must not stall a trial for wandb's default 90 s
 
 
-def callbacks(config, results_dir):
+def callbacks(config, results_dir, configs=None):
     """The Ray Tune callbacks that tracking adds to a sweep (none when W&B is disabled)."""
     if config.tracking.wandb == "disabled":
         return []
-    return [WandbTrials(config, results_dir)]
+    return [WandbTrials(config, results_dir, configs)]
 
 
 def numeric(metrics):
@@ -30,12 +29,15 @@ def numeric(metrics):
 
 
 class WandbTrials(tune.Callback):
-    """Ray Tune callback in the sweep driver: logs each trial's config, epochs and final metrics."""
+    """Ray Tune callback in the sweep driver: logs each trial's config, epochs and final metrics.
 
-    def __init__(self, config, results_dir):
+    `configs`: the sweep's TrialConfigs (each trial's Config, built once), shared with the trials table.
+    """
+
+    def __init__(self, config, results_dir, configs=None):
         self.name = config.name
         self.tracking = config.tracking
-        self.base = config.to_dict()
+        self.configs = configs or TrialConfigs(config)
         self.dir = Path(results_dir) / "wandb"
         self.runs = {}
         self.enabled = True
@@ -67,16 +69,12 @@ class WandbTrials(tune.Callback):
 
     def start_run(self, trial):
         # W&B config stays nested ({"optimizer": {"radius": ...}}), so report panels can address
-        # config:optimizer.radius; the swept values replace the base ones.
-        config = copy.deepcopy(self.base)
-        config.pop("sweep")
-        for key, value in trial_params(trial.config).items():
-            set_dotted(config, key, value)
-        opt = config["optimizer"]
-        family = method_family({"optimizer.name": opt["name"], "optimizer.radius": opt["radius"], "optimizer.hessian_coef": opt["hessian_coef"]})
+        # config:optimizer.radius.
+        config = self.configs.get(trial.config)
+        family = trials.config_family(config)
         self.runs[trial.trial_id] = self.init(
             id=f"{self.name}-{trial.trial_id}", name=f"{family}-{trial.trial_id}", job_type=family, tags=[family],
-            config=config, resume="allow",
+            config=trials.ran(config), resume="allow",
         )
 
     def on_trial_start(self, iteration, trials, trial, **info):

@@ -1,0 +1,143 @@
+"""The search space: `sweep.space` and `sweep.seeds` -> Ray Tune's param_space, and each trial's Config.
+
+`sweep.space` maps dotted config keys to a list (a grid axis), a constant, or a distribution
+`{dist: uniform|loguniform|randint|choice, ...}`; `sweep.seeds` is one more grid axis (`train.seed`).
+A list of such grids runs their union: Ray grid-searches one `point` axis whose values are the grids'
+explicit points (each a dict of dotted keys). Every grid value is checked once here, before Ray starts.
+"""
+import itertools
+import json
+
+from ray import tune
+
+from hero_bench import config as config_module
+from hero_bench.errors import ConfigError
+from hero_bench.trials import SEED
+
+DISTRIBUTIONS = {
+    "uniform": (("low", "high"), tune.uniform),
+    "loguniform": (("low", "high"), tune.loguniform),
+    "randint": (("low", "high"), tune.randint),
+    "choice": (("values",), tune.choice),
+}
+POINT = "point"  # the axis of a union of grids
+
+
+def search_space(config):
+    """Ray param_space over dotted keys (see the module docstring)."""
+    sweep = config.sweep
+    grid = sweep.search in ("grid", "random")
+    if isinstance(sweep.space, list):
+        if sweep.search != "grid":
+            raise ConfigError("sweep.space as a list of grids (their union) needs sweep.search: grid")
+        return {POINT: tune.grid_search(union_points(sweep.space)), SEED: tune.grid_search(sweep.seeds)}
+    space = {}
+    for key, spec in sweep.space.items():
+        where = f"sweep.space.{key}"
+        if isinstance(spec, list):
+            if not spec:
+                raise ConfigError(f"{where} is an empty list: a grid axis needs at least one value")
+            spec = [check_value(key, value, where) for value in spec]
+            space[key] = tune.grid_search(spec) if sweep.search == "grid" else tune.choice(spec)
+        elif isinstance(spec, dict):
+            space[key] = distribution(spec, where)
+        else:
+            space[key] = check_value(key, spec, where)  # a constant: allowed, simply overrides the key
+    if SEED in space:
+        raise ConfigError("sweep.space.train.seed: list seeds under sweep.seeds instead")
+    space[SEED] = tune.grid_search(sweep.seeds) if grid else tune.choice(sweep.seeds)
+    return space
+
+
+def union_points(grids):
+    """Every point of every grid (lists are axes, scalars constants), in order, duplicates dropped."""
+    points = []
+    for index, spec in enumerate(grids):
+        where = f"sweep.space[{index}]"
+        if not spec:
+            raise ConfigError(f"{where} is empty: each grid of the list needs at least one key")
+        axes = {}
+        for key, values in spec.items():
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                raise ConfigError(f"{where}.{key} is an empty list: a grid axis needs at least one value")
+            axes[key] = [check_value(key, value, f"{where}.{key}") for value in values]
+        if SEED in axes:
+            raise ConfigError(f"{where}.train.seed: list seeds under sweep.seeds instead")
+        for combination in itertools.product(*axes.values()):
+            point = dict(zip(axes, combination))
+            if point not in points:
+                points.append(point)
+    return points
+
+
+def check_value(key, value, where):
+    try:
+        return config_module.check_value(key, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def distribution(spec, where):
+    dist = spec.get("dist")
+    if dist not in DISTRIBUTIONS:
+        raise ConfigError(f"{where}.dist must be one of {', '.join(DISTRIBUTIONS)}, got {dist!r}")
+    names, factory = DISTRIBUTIONS[dist]
+    extra = sorted(set(spec) - {"dist", *names})
+    if extra or any(n not in spec for n in names):
+        raise ConfigError(f"{where}: dist {dist} takes exactly {', '.join(names)}; got {', '.join(sorted(spec))}")
+    if dist == "choice":
+        if not isinstance(spec["values"], list) or not spec["values"]:
+            raise ConfigError(f"{where}.values must be a non-empty list")
+        return factory(spec["values"])
+    low, high = spec["low"], spec["high"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
+        raise ConfigError(f"{where}: low and high must be numbers with low < high, got {low!r}, {high!r}")
+    if dist == "loguniform" and low <= 0:
+        raise ConfigError(f"{where}: loguniform needs low > 0, got {low!r}")
+    return factory(low, high)
+
+
+def trial_params(params):
+    """A trial's swept values as one dict of dotted keys (a union sweep nests them under `point`)."""
+    return {**params.get(POINT, {}), **{k: v for k, v in params.items() if k != POINT}}
+
+
+def grid_params(space):
+    """Every trial's Ray params of a grid-only param_space (a constant counts as a one-value axis),
+    or None when the space has a distribution, so the trials are known only as Ray draws them."""
+    axes = {}
+    for key, spec in space.items():
+        if isinstance(spec, dict) and set(spec) == {"grid_search"}:
+            axes[key] = spec["grid_search"]
+        elif isinstance(spec, tune.search.sample.Domain):
+            return None
+        else:
+            axes[key] = [spec]
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+class TrialConfigs:
+    """Each trial's Config, built once from the experiment and the trial's Ray params and shared by
+    every part of the sweep driver that needs it (the trials table, W&B)."""
+
+    def __init__(self, base):
+        self.base = base
+        self._configs = {}
+
+    def get(self, params):
+        params = trial_params(params)
+        key = json.dumps(params, sort_keys=True, default=str)
+        if key not in self._configs:
+            self._configs[key] = config_module.for_trial(self.base, params)
+        return self._configs[key]
+
+    def check(self, space):
+        """Build every trial's Config of a grid sweep now, so a combination its factories refuse
+        (model.args of another model) fails before Ray starts; the configs are kept for the driver."""
+        for params in grid_params(space) or []:
+            try:
+                self.get(params)
+            except ConfigError as exc:
+                swept = ", ".join(f"{k}={v}" for k, v in trial_params(params).items() if k != SEED)
+                raise ConfigError(f"sweep.space point {{{swept}}}: {exc}") from None

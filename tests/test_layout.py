@@ -1,0 +1,68 @@
+"""The package's architecture, checked from its source: imports point one way, the core needs neither
+Ray nor W&B, and no file cites a document outside the repository."""
+import ast
+import re
+import subprocess
+import sys
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "hero_bench"
+CORE = ("errors", "registry", "atomic", "data", "models", "hvp", "methods", "config", "hessian", "metrics", "train",
+        "trials")
+
+
+def module_name(path):
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path):
+    """Every hero_bench module `path` imports, at any depth of its code (lazy imports count too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hero_bench"):
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if (PACKAGE / Path(*candidate.split(".")[1:])).with_suffix(".py").exists()
+                          or (PACKAGE / Path(*candidate.split(".")[1:]) / "__init__.py").exists() else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("hero_bench")}
+    return found
+
+
+def graph():
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {m for m in imports(path) if m in modules and m != name} for name, path in modules.items()}
+
+
+def test_imports_form_no_circle():
+    edges = graph()
+    # a package's __init__ may re-export its own submodules: that is not a circle between concepts
+    edges = {name: {m for m in deps if not m.startswith(name + ".")} for name, deps in edges.items()}
+    try:
+        list(TopologicalSorter(edges).static_order())
+    except CycleError as error:
+        pytest.fail(f"import circle: {' -> '.join(error.args[1])}")
+
+
+def test_the_core_imports_neither_ray_nor_wandb():
+    code = ("import sys; import " + ", ".join(f"hero_bench.{m}" for m in CORE)
+            + "; print(sorted(m for m in ('ray', 'wandb') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_no_file_cites_a_document_outside_the_repository():
+    texts = [*ROOT.glob("*.md"), *ROOT.glob("docs/*.md"), *ROOT.glob("results/*.md"), *PACKAGE.rglob("*.py"),
+             *ROOT.glob("tests/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("experiments/**/*.yaml")]
+    for path in texts:
+        if path == Path(__file__):
+            continue
+        for line in path.read_text().splitlines():
+            assert not re.search(r"DESIGN\.md|STYLE\.md|\.\./shared|shared/seeds", line), f"{path}: {line}"
+        for target in re.findall(r"\]\(([^)#]+\.md)", path.read_text()):  # markdown links to .md files
+            assert (path.parent / target).resolve().is_file(), f"{path} links to a missing {target}"
