@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hero_bench"
 CORE = ("errors", "registry", "atomic", "data", "models", "hvp", "methods", "config", "hessian", "metrics", "train",
-        "trials")
+        "trials", "stats")
 
 
 def module_name(path):
