@@ -29,6 +29,7 @@ class DataConfig:
     download: bool = False
     val_fraction: float = 0.1
     label_noise: float = 0.0
+    label_noise_kind: str = "uniform"  # uniform: re-drawn over all K classes | flip: moved to another class
     args: dict = field(default_factory=dict)  # extra keyword arguments of the dataset factory
 
 
@@ -49,12 +50,18 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | step | constant
     lr_steps: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of training
     lr_decay: float = 0.1  # step: factor at each milestone
+    compute_factor: int = 1  # train for compute_factor x epochs: a baseline given the compute of a costlier method
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16
     eval_batch_size: int = 1024
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
     fail_at_epoch: int | None = None  # fault injection for tests: raise once at this epoch of a fresh start
+
+    @property
+    def total_epochs(self):
+        """The epochs a trial trains: epochs x compute_factor."""
+        return self.epochs * self.compute_factor
 
 
 @dataclass
@@ -66,6 +73,7 @@ class OptimizerConfig:
     hvp: str = "auto"  # auto | fd | exact
     hvp_check_every: int = 50
     hessian_every: int = 1
+    hessian_warmup_epochs: int = 0  # the Hessian term is off for the first k epochs (the authors' script: 1)
 
 
 @dataclass
@@ -145,6 +153,7 @@ class Config:
 
 
 CHOICES = {
+    "data.label_noise_kind": data.NOISE_KINDS,
     "train.schedule": ("cosine", "step", "constant"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16"),
@@ -160,6 +169,7 @@ RANGES = {
     "data.val_fraction": (0, 1, False, False),
     "data.label_noise": (0, 1, True, False),
     "train.epochs": (1, None, True, None),
+    "train.compute_factor": (1, None, True, None),
     "train.batch_size": (1, None, True, None),
     "train.lr": (0, None, False, None),
     "train.momentum": (0, 1, True, False),
@@ -172,6 +182,7 @@ RANGES = {
     "optimizer.hessian_coef": (0, None, True, None),
     "optimizer.hvp_check_every": (1, None, True, None),
     "optimizer.hessian_every": (1, None, True, None),
+    "optimizer.hessian_warmup_epochs": (0, None, True, None),
     "evaluate.ptq_bits": (2, 16, True, True),
     "evaluate.hessian.samples": (1, None, True, None),
     "evaluate.hessian.probes": (1, None, True, None),

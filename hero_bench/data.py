@@ -8,6 +8,9 @@ Splits: a stratified validation split is held out of the training set (`val_frac
 the trial seed); the test split is the dataset's own and stays clean. Label noise re-draws the label
 of a seeded fraction of the remaining training samples (docs/metrics.md, "Data splits").
 """
+import hashlib
+import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hero_bench.atomic import write_atomic
 from hero_bench.errors import ConfigError, DatasetNotFoundError
 from hero_bench.registry import Registry
 
@@ -137,15 +141,24 @@ def stratified_split(labels, fraction, rng):
     return np.setdiff1d(np.arange(len(labels)), held), held
 
 
-def noisy_labels(labels, p, num_classes, rng):
-    """Re-draw the labels of round(p * n) samples, chosen by `rng`, uniformly from all K classes.
+NOISE_KINDS = ("uniform", "flip")
 
-    A re-drawn label keeps its old value with probability 1/K, so about p (K-1)/K of the labels end
-    up wrong, as in the classic random-label experiments.
+
+def noisy_labels(labels, p, num_classes, rng, kind="uniform"):
+    """Change the labels of round(p * n) samples, chosen by `rng`.
+
+    uniform: each chosen label is re-drawn uniformly from all K classes, so it keeps its old value
+        with probability 1/K and about p (K-1)/K of the labels end up wrong, as in the classic
+        random-label experiments.
+    flip (symmetric noise): each chosen label moves to one of the other K-1 classes uniformly,
+        y -> (y + u) mod K with u uniform in 1..K-1, so exactly a fraction p ends up wrong.
     """
     noisy = np.array(labels, copy=True)
     chosen = rng.permutation(len(noisy))[: int(p * len(noisy) + 0.5)]
-    noisy[chosen] = rng.integers(0, num_classes, size=len(chosen))
+    if kind == "uniform":
+        noisy[chosen] = rng.integers(0, num_classes, size=len(chosen))
+    else:
+        noisy[chosen] = (noisy[chosen] + rng.integers(1, num_classes, size=len(chosen))) % num_classes
     return noisy
 
 
@@ -155,8 +168,10 @@ def default_root():
     return Path(cache) / "hero-bench" / "data"
 
 
-def load(name, *, seed=0, device="cpu", root=None, download=False, val_fraction=0.1, label_noise=0.0, **dataset_args):
-    """Load dataset `name` onto `device`, hold out a stratified validation split and add label noise.
+def load(name, *, seed=0, device="cpu", root=None, download=False, val_fraction=0.1, label_noise=0.0,
+         label_noise_kind="uniform", **dataset_args):
+    """Load dataset `name` onto `device`, hold out a stratified validation split and add label noise
+    (`label_noise_kind`: see noisy_labels).
 
     The split and the noisy labels are pure functions of `seed` (separate random streams, so the
     split does not change with label_noise); validation and test labels stay clean.
@@ -187,7 +202,7 @@ def load(name, *, seed=0, device="cpu", root=None, download=False, val_fraction=
             f"data.val_fraction={val_fraction} leaves an empty split of the {len(labels)} training samples"
         )
     clean = labels[train_idx]
-    noisy = noisy_labels(clean, label_noise, source.num_classes, np.random.default_rng([seed, 2]))
+    noisy = noisy_labels(clean, label_noise, source.num_classes, np.random.default_rng([seed, 2]), label_noise_kind)
     return Dataset(
         name=name,
         num_classes=source.num_classes,
@@ -215,6 +230,11 @@ def _images(array, channels_last):
     elif channels_last:
         x = x.permute(0, 3, 1, 2)
     return x.contiguous().float() / 255
+
+
+def _signals(array):
+    """float signals (N, L) -> float32 (N, 1, L)."""
+    return torch.tensor(array, dtype=torch.float32).unsqueeze(1)
 
 
 def _labels(values):
@@ -317,6 +337,50 @@ def svhn(*, root, download, augment=True):
         _images(train.data, False), _labels(train.labels), _images(test.data, False), _labels(test.labels),
         num_classes=10, mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970), augment=augment,
     )
+
+
+@DATASETS.register("mnist1d")
+def mnist1d(*, root, download, num_samples=5000, train_split=0.8, template_len=12, padding=(36, 60), scale_coeff=0.4,
+            max_translation=48, corr_noise_scale=0.25, iid_noise_scale=2e-2, shear_scale=0.75, shuffle_seq=False,
+            final_seq_length=40, data_seed=42):
+    """MNIST-1D (Greydanus 2020): procedurally generated 1-d digit signals (N, 1, 40), 10 classes.
+
+    Made by the `mnist1d` package's own generator, `make_dataset`, with these arguments (the defaults
+    are the package's, i.e. the published dataset: 4000 training and 1000 test signals) and never its
+    download path: nothing is fetched. `data_seed` is the generator's seed, the dataset's identity,
+    separate from the trial seed. The arrays are cached under root/mnist1d/, one file per set of
+    arguments, as plain arrays (no pickle).
+    """
+    args = dict(num_samples=num_samples, train_split=train_split, template_len=template_len, padding=list(padding),
+                scale_coeff=scale_coeff, max_translation=max_translation, corr_noise_scale=corr_noise_scale,
+                iid_noise_scale=iid_noise_scale, shear_scale=shear_scale, shuffle_seq=shuffle_seq,
+                final_seq_length=final_seq_length, seed=data_seed)
+    digest = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(root) / "mnist1d" / f"{digest}.npz"
+    if not path.is_file():
+        buffer = io.BytesIO()
+        np.savez(buffer, **_generate_mnist1d(args))
+        write_atomic(path, buffer.getvalue())
+    with np.load(path, allow_pickle=False) as arrays:
+        x, y, x_test, y_test = (arrays[k] for k in ("x", "y", "x_test", "y_test"))
+    return Source(_signals(x), _labels(y), _signals(x_test), _labels(y_test), num_classes=10)
+
+
+def _generate_mnist1d(args):
+    """x, y, x_test, y_test from mnist1d's make_dataset. It seeds numpy's and Python's global random
+    generators; their states are put back afterwards, so loading the data changes no other stream."""
+    import random
+
+    from mnist1d.data import make_dataset
+    from mnist1d.utils import ObjectView
+
+    states = np.random.get_state(), random.getstate()
+    try:
+        made = make_dataset(ObjectView(dict(args)))
+    finally:
+        np.random.set_state(states[0])
+        random.setstate(states[1])
+    return {key: np.asarray(made[key]) for key in ("x", "y", "x_test", "y_test")}
 
 
 @DATASETS.register("synthetic")

@@ -133,10 +133,14 @@ def weight_noise_accuracy(model, data, sigmas, draws, seed=0):
 
 @METRICS.register("ptq")
 def evaluate_ptq(model, data, evaluate, seed):
-    """ptq_acc_{b}bit for every b in evaluate.ptq_bits, plus ptq_acc_{b}bit_per_channel if ptq_per_channel."""
+    """ptq_acc_{b}bit for every b in evaluate.ptq_bits (and ptq_acc_{b}bit_per_channel if
+    ptq_per_channel), and each one's drop ptq_drop_{b}bit[_per_channel] = float test accuracy − it."""
     results = ptq_accuracy(model, data, evaluate.ptq_bits)
     if evaluate.ptq_per_channel:
         results.update(ptq_accuracy(model, data, evaluate.ptq_bits, per_channel=True))
+    if results:
+        float_accuracy = accuracy(model, data.test_x, data.test_y)
+        results.update({key.replace("ptq_acc_", "ptq_drop_"): float_accuracy - value for key, value in list(results.items())})
     return results
 
 

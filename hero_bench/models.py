@@ -72,6 +72,26 @@ def lenet5(*, input_shape, num_classes):
     )
 
 
+@MODELS.register("mnist1d_cnn")
+def mnist1d_cnn(*, input_shape, num_classes, channels=25):
+    """The MNIST-1D paper's CNN for signals (C, L): three Conv1d of `channels` filters, kernels 5, 3, 3,
+    stride 2, padding 1, ReLU after each, then a Linear classifier on the flattened features
+    (25 x 5 for length 40: about 5k parameters with the published 25 channels)."""
+    if len(input_shape) != 2:
+        raise ConfigError(f"model 'mnist1d_cnn' needs signals (channels, length), got {input_shape}")
+    length = input_shape[1]
+    for kernel in (5, 3, 3):
+        length = (length + 2 - kernel) // 2 + 1
+    if length < 1:
+        raise ConfigError(f"model 'mnist1d_cnn' needs signals of length 3 or more, got {input_shape}")
+    return nn.Sequential(
+        nn.Conv1d(input_shape[0], channels, 5, stride=2, padding=1), nn.ReLU(),
+        nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(channels * length, num_classes),
+    )
+
+
 class BasicBlock(nn.Module):
     """y = relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x)), He et al. 2016.
 

@@ -36,9 +36,9 @@ def resolve_device(name):
 def make_scheduler(optimizer, train):
     """Learning-rate schedule over epochs (stepped once per epoch, as in the authors' code)."""
     if train.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.total_epochs)
     if train.schedule == "step":
-        milestones = sorted({max(1, round(f * train.epochs)) for f in train.lr_steps})
+        milestones = sorted({max(1, round(f * train.total_epochs)) for f in train.lr_steps})
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=train.lr_decay)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
@@ -48,7 +48,7 @@ def build(config, device):
     d, m, o, t = config.data, config.model, config.optimizer, config.train
     dataset = datasets.load(
         d.name, seed=t.seed, device=device, root=d.root, download=d.download,
-        val_fraction=d.val_fraction, label_noise=d.label_noise, **d.args,
+        val_fraction=d.val_fraction, label_noise=d.label_noise, label_noise_kind=d.label_noise_kind, **d.args,
     )
     torch.manual_seed(t.seed)  # model initialisation is a function of the seed alone
     model = models.create(m.name, dataset.input_shape, dataset.num_classes, **m.args).to(device)
@@ -56,6 +56,7 @@ def build(config, device):
         methods.METHODS.get(o.name), model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
         nesterov=t.nesterov, radius=o.radius, hessian_coef=o.hessian_coef, adaptive=o.adaptive, hvp=o.hvp,
         hvp_check_every=o.hvp_check_every, hessian_every=o.hessian_every,
+        hessian_warmup_steps=o.hessian_warmup_epochs * math.ceil(len(dataset.train_y) / t.batch_size),
     )
     return dataset, model, optimizer
 
@@ -143,11 +144,12 @@ def run_trial(config, report=None, resume=None, progress=False):
         result.update(resume["result"])
     result["resumed_from_epoch"] = start_epoch
     batches_per_epoch = math.ceil(len(dataset.train_y) / train.batch_size)
-    bar = tqdm(total=(train.epochs - start_epoch) * batches_per_epoch, desc=config.name, disable=not progress, leave=False)
-    for epoch in range(start_epoch + 1, train.epochs + 1):
+    epochs = train.total_epochs
+    bar = tqdm(total=(epochs - start_epoch) * batches_per_epoch, desc=config.name, disable=not progress, leave=False)
+    for epoch in range(start_epoch + 1, epochs + 1):
         if train.fail_at_epoch == epoch and start_epoch == 0:
             raise InjectedFault(f"injected fault at epoch {epoch} (train.fail_at_epoch)")
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             train_loss, train_acc = train_one_epoch(model, optimizer, dataset, config, generator, autocast, bar)
         except DivergedError as exc:
@@ -156,13 +158,14 @@ def run_trial(config, report=None, resume=None, progress=False):
         else:
             scheduler.step()
             seconds = time.perf_counter() - started
-            history.append(seconds)
-            result.update({
-                "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                "val_acc": metrics.accuracy(model, dataset.val_x, dataset.val_y, train.eval_batch_size),
-                "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
-            })
-            if epoch == train.epochs:
+            # test accuracy every epoch is reported and summarized, never used to choose anything
+            accuracies = {split: metrics.accuracy(model, x, y, train.eval_batch_size)
+                          for split, x, y in (("val_acc", dataset.val_x, dataset.val_y),
+                                              ("test_acc", dataset.test_x, dataset.test_y))}
+            history.append({"seconds": seconds, "cpu_s": time.process_time() - cpu_started, **accuracies})
+            result.update({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, **accuracies,
+                           "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": seconds})
+            if epoch == epochs:
                 result.update(final_metrics(model, optimizer, dataset, config, history, device))
         diverged = result["status"] == "diverged"
         if report is not None:
@@ -172,13 +175,15 @@ def run_trial(config, report=None, resume=None, progress=False):
             break
     bar.close()
     result["epochs_done"] = len(history)
-    if start_epoch == train.epochs and report is not None:
+    if start_epoch == epochs and report is not None:
         report(dict(result), None)  # resumed from the last epoch's snapshot: nothing left to train
     return result
 
 
 def cost_metrics(optimizer, dataset, history, device):
-    seconds = sum(history) / len(history) if history else float("nan")
+    """Gradient evaluations, products and times of the epochs trained (`history`, see run_trial)."""
+    train_time = sum(epoch["seconds"] for epoch in history)
+    seconds = train_time / len(history) if history else float("nan")
     return {
         "grad_evals": optimizer.grad_evals,
         "hvp_evals": optimizer.hvp_evals,
@@ -186,20 +191,37 @@ def cost_metrics(optimizer, dataset, history, device):
         "time_per_epoch_s": seconds,
         "samples_per_s": len(dataset.train_y) / seconds if history else float("nan"),
         "peak_mem_mb": peak_memory_mb(device),
-        "train_time_s": sum(history),
+        "train_time_s": train_time,
+        "cpu_time_s": sum(epoch["cpu_s"] for epoch in history),
     }
+
+
+def epoch_summary(history):
+    """Early-stopping numbers from the per-epoch accuracies of `history` (one dict per epoch, in order):
+
+    best_val_epoch        the first epoch (1-based) with the highest validation accuracy
+    test_acc_at_best_val  test accuracy at that epoch: a legitimate early-stopping result
+    max_test_acc          the highest test accuracy of any epoch: chosen by test, for comparison with
+                          the HERO authors' reporting only, never to choose anything
+    """
+    best = max(range(len(history)), key=lambda i: (history[i]["val_acc"], -i))
+    return {"best_val_epoch": best + 1, "test_acc_at_best_val": history[best]["test_acc"],
+            "max_test_acc": max(epoch["test_acc"] for epoch in history)}
 
 
 def final_metrics(model, optimizer, dataset, config, history, device):
-    """Test accuracy, clean training accuracy, generalization gap, the `evaluate:` metrics and cost."""
+    """Training accuracies on clean and trained labels, generalization gap, early-stopping numbers,
+    the `evaluate:` metrics and cost (test_acc is the last epoch's)."""
     batch = config.train.eval_batch_size
     out = {
-        "test_acc": metrics.accuracy(model, dataset.test_x, dataset.test_y, batch),
         "train_acc_clean": metrics.accuracy(model, dataset.train_x, dataset.train_y_clean, batch),
+        "train_acc_noisy": metrics.accuracy(model, dataset.train_x, dataset.train_y, batch),
     }
-    out["gen_gap"] = out["train_acc_clean"] - out["test_acc"]
-    started = time.perf_counter()
+    out["gen_gap"] = out["train_acc_clean"] - history[-1]["test_acc"]
+    out.update(epoch_summary(history))
+    started, cpu_started = time.perf_counter(), time.process_time()
     out.update(metrics.evaluate(model, dataset, config.evaluate, config.train.seed))
     out["eval_time_s"] = time.perf_counter() - started
     out.update(cost_metrics(optimizer, dataset, history, device))
+    out["cpu_time_s"] += time.process_time() - cpu_started
     return out

@@ -15,16 +15,18 @@ from hero_bench.errors import HeroBenchError
 
 TRIAL_ID, STATUS, DIVERGED_EPOCH, EPOCHS_DONE, ERROR = "trial_id", "status", "diverged_epoch", "epochs_done", "error"
 NAME = "name"
-DATA, MODEL, NOISE = "data.name", "model.name", "data.label_noise"
+DATA, MODEL, NOISE, NOISE_KIND = "data.name", "model.name", "data.label_noise", "data.label_noise_kind"
 METHOD, RADIUS, COEF = "optimizer.name", "optimizer.radius", "optimizer.hessian_coef"
-LR, EPOCHS, SEED = "train.lr", "train.epochs", "train.seed"
+LR, EPOCHS, FACTOR, SEED = "train.lr", "train.epochs", "train.compute_factor", "train.seed"
 FAMILY = "family"  # derived, never stored: see `family`
 
 # Config columns every row has, in this order; other swept keys follow them.
 COLUMNS = [NAME, DATA, MODEL, METHOD, RADIUS, COEF, "optimizer.adaptive", "optimizer.hvp",
-           "optimizer.hessian_every", NOISE, LR, EPOCHS, SEED]
-GROUP_KEYS = [DATA, MODEL, NOISE]  # results compare methods within these
+           "optimizer.hessian_every", NOISE, NOISE_KIND, LR, EPOCHS, FACTOR, SEED]
+GROUP_KEYS = [DATA, MODEL, NOISE, NOISE_KIND]  # results compare methods within these
 REQUIRED = (TRIAL_ID, STATUS, DATA, MODEL, METHOD, RADIUS, COEF, NOISE, SEED, "val_acc", "test_acc")
+# Columns added after tables were first written, with the value every older row had.
+ADDED = {NOISE_KIND: "uniform", FACTOR: 1}
 BOOKKEEPING = (TRIAL_ID, STATUS, DIVERGED_EPOCH)
 # completed: ran every epoch; stopped: ended early by the scheduler (ASHA); diverged: NaN/inf loss;
 # failed: raised (after its retries).
@@ -50,8 +52,8 @@ def knobs(config):
 
 
 def config_family(config):
-    """The method family of a trial's Config (see `family`)."""
-    return methods.family(config.optimizer.name, *knobs(config))
+    """The method family of a trial's Config (see `family_name`)."""
+    return family_name(config.optimizer.name, *knobs(config), config.train.compute_factor)
 
 
 def ran(config):
@@ -69,14 +71,15 @@ def row(trial_id, config, params, result, error=None):
     out = {TRIAL_ID: trial_id, NAME: config.name, DATA: config.data.name, MODEL: config.model.name,
            METHOD: config.optimizer.name, RADIUS: radius, COEF: coef, "optimizer.adaptive": config.optimizer.adaptive,
            "optimizer.hvp": config.optimizer.hvp, "optimizer.hessian_every": config.optimizer.hessian_every,
-           NOISE: config.data.label_noise, LR: config.train.lr, EPOCHS: config.train.epochs, SEED: config.train.seed}
+           NOISE: config.data.label_noise, NOISE_KIND: config.data.label_noise_kind, LR: config.train.lr,
+           EPOCHS: config.train.epochs, FACTOR: config.train.compute_factor, SEED: config.train.seed}
     out.update({key: value for key, value in params.items() if key not in out})
     result = result or {}
     if error:
         status = "failed"
     elif result.get(STATUS) == "diverged":
         status = "diverged"
-    elif result.get("epoch", 0) < config.train.epochs:
+    elif result.get("epoch", 0) < config.train.total_epochs:
         status = "stopped"  # ended early by the scheduler (ASHA)
     else:
         status = "completed"
@@ -107,7 +110,12 @@ def read(path):
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise HeroBenchError(f"trials table {csv} lacks column(s) {', '.join(missing)}")
-    return df
+    return with_added_columns(df)
+
+
+def with_added_columns(df):
+    """`df` with every column of ADDED that it lacks, at the value older rows had."""
+    return df.assign(**{column: value for column, value in ADDED.items() if column not in df})
 
 
 def recorded(path):
@@ -136,18 +144,25 @@ def metric_columns(df):
             if c not in config and c not in BOOKKEEPING and pd.api.types.is_numeric_dtype(df[c])]
 
 
+def family_name(method, radius, hessian_coef, compute_factor=1):
+    """The method (optimizer.name, ρ, γ) computes (see hero_bench.methods.family), so the (ρ, γ) grid's
+    edges count as sgd and sam; trained for k > 1 times the epochs (train.compute_factor) it is a
+    family of its own, `{method}_{k}x`: e.g. sgd_3x, SGD given the gradient evaluations of HERO."""
+    name = methods.family(method, radius, hessian_coef)
+    return name if compute_factor == 1 else f"{name}_{compute_factor:g}x"
+
+
 def family(row_or_df):
-    """Method family of a trial row (-> str) or of every row of a DataFrame (-> Series): the method
-    the row's (optimizer.name, ρ, γ) computes (see hero_bench.methods.family), so the (ρ, γ) grid's
-    edges count as sgd and sam."""
-    columns = (row_or_df[METHOD], row_or_df[RADIUS], row_or_df[COEF])
+    """Method family (see family_name) of a trial row (-> str) or of every row of a DataFrame (-> Series)."""
     if isinstance(row_or_df, pd.DataFrame):
-        return pd.Series([methods.family(*r) for r in zip(*columns)], index=row_or_df.index, name=FAMILY, dtype=object)
-    return methods.family(*columns)
+        df = with_added_columns(row_or_df)
+        names = [family_name(*r) for r in zip(df[METHOD], df[RADIUS], df[COEF], df[FACTOR])]
+        return pd.Series(names, index=df.index, name=FAMILY, dtype=object)
+    return family_name(row_or_df[METHOD], row_or_df[RADIUS], row_or_df[COEF], row_or_df.get(FACTOR, 1))
 
 
 def family_order(families):
-    """sgd, sam, hero, gradnorm first, then any other family alphabetically."""
-    preferred = ("sgd", "sam", "hero", "gradnorm")
+    """sgd, its compute-matched variants, sam, hero, gradnorm first, then any other family alphabetically."""
+    preferred = ("sgd", "sgd_2x", "sgd_3x", "sam", "hero", "gradnorm")
     known = [f for f in preferred if f in set(families)]
     return known + sorted(set(families) - set(preferred))

@@ -1,11 +1,14 @@
 """Data: seeded stratified splits, label noise, torchvision formats, batch augmentation."""
 import hashlib
+import inspect
 import pickle
+import socket
 import struct
 
 import numpy as np
 import pytest
 import scipy.io
+import scipy.stats
 import torch
 import torchvision.datasets as tvd
 
@@ -79,6 +82,84 @@ def test_validation_and_test_labels_stay_clean_under_label_noise():
     assert torch.equal(clean.test_y, noisy.test_y)
     assert torch.equal(clean.train_y, noisy.train_y_clean)
     assert not torch.equal(noisy.train_y, noisy.train_y_clean)
+
+
+def test_uniform_noise_keeps_a_chosen_label_about_one_time_in_k():
+    labels, k = np.arange(20_000) % 10, 10
+    noisy = data.noisy_labels(labels, 1.0, k, np.random.default_rng(0), "uniform")
+    kept = int((noisy == labels).sum())
+    assert scipy.stats.binomtest(kept, len(labels), 1 / k).pvalue > 0.01  # consistent with 1/K
+    assert set(np.unique(noisy)) == set(range(k))
+
+
+def test_flip_noise_never_keeps_a_chosen_label_and_spreads_it_evenly_over_the_others():
+    labels, k = np.arange(20_000) % 10, 10
+    rng = np.random.default_rng(0)
+    noisy = data.noisy_labels(labels, 0.3, k, rng, "flip")
+    assert (noisy != labels).sum() == 6_000  # exactly the chosen fraction is wrong
+    everything = data.noisy_labels(labels, 1.0, k, np.random.default_rng(1), "flip")
+    assert not (everything == labels).any()
+    offsets = np.bincount((everything - labels) % k, minlength=k)
+    assert offsets[0] == 0 and scipy.stats.chisquare(offsets[1:]).pvalue > 0.01  # uniform over the K-1 others
+
+
+def test_realized_flip_noise_is_p_and_validation_stays_clean():
+    ds = data.load("digits", seed=3, label_noise=0.8, label_noise_kind="flip")
+    assert ds.label_noise_realized == pytest.approx(0.8, abs=1 / len(ds.train_y))
+    assert torch.equal(ds.val_y, data.load("digits", seed=3).val_y)
+
+
+# ---------------------------------------------------------------- MNIST-1D
+
+
+def test_mnist1d_is_the_published_4000_1000_split_of_40_sample_signals(tmp_path):
+    ds = data.load("mnist1d", root=tmp_path, seed=0)
+    assert ds.input_shape == (1, 40) and ds.num_classes == 10
+    assert (len(ds.train_y) + len(ds.val_y), len(ds.test_y)) == (4000, 1000)
+    assert ds.train_x.shape == (3600, 1, 40) and ds.val_x.shape == (400, 1, 40) and ds.test_x.shape == (1000, 1, 40)
+    # the generator standardizes the whole set; the training split stays close to mean 0, std 1
+    assert abs(ds.train_x.mean().item()) < 0.05 and abs(ds.train_x.std().item() - 1) < 0.05
+    per_class = torch.bincount(torch.cat([ds.train_y_clean, ds.val_y]))
+    assert (torch.bincount(ds.val_y) - 0.1 * per_class).abs().max() < 1  # stratified: 10% of every class
+
+
+def test_mnist1d_defaults_are_the_generators_published_arguments():
+    from mnist1d.data import get_dataset_args
+
+    published = get_dataset_args(as_dict=True)
+    published.pop("url")
+    published["data_seed"] = published.pop("seed")
+    defaults = {name: p.default for name, p in inspect.signature(data.mnist1d).parameters.items()
+                if name not in data.FACTORY_ARGS}
+    defaults["padding"] = list(defaults["padding"])
+    assert defaults == published
+
+
+def test_mnist1d_is_generated_without_the_network_and_cached_per_argument_set(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("MNIST-1D must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    calls = []
+    generate = data._generate_mnist1d
+    monkeypatch.setattr(data, "_generate_mnist1d", lambda args: calls.append(args) or generate(args))
+    first = data.mnist1d(root=tmp_path, download=False, num_samples=1000)
+    again = data.mnist1d(root=tmp_path, download=False, num_samples=1000)
+    assert len(calls) == 1 and len(list((tmp_path / "mnist1d").glob("*.npz"))) == 1  # the second load hit the cache
+    assert torch.equal(first.train_x, again.train_x) and torch.equal(first.test_y, again.test_y)
+    elsewhere = data.mnist1d(root=tmp_path / "other", download=False, num_samples=1000)
+    assert torch.equal(first.train_x, elsewhere.train_x)  # same arguments, same arrays
+    other_seed = data.mnist1d(root=tmp_path, download=False, num_samples=1000, data_seed=1)
+    assert len(calls) == 3 and not torch.equal(first.train_x, other_seed.train_x)
+    assert first.train_x.shape == (800, 1, 40) and first.test_x.shape == (200, 1, 40)
+
+
+def test_generating_mnist1d_leaves_numpys_global_random_state_alone(tmp_path):
+    np.random.seed(123)
+    expected = np.random.random()
+    np.random.seed(123)
+    data.mnist1d(root=tmp_path, download=False, num_samples=200)
+    assert np.random.random() == expected
 
 
 def test_digits_are_normalized_1x8x8_images_with_a_seed_independent_test_set():

@@ -83,6 +83,14 @@ def test_method_family_at_grid_edges(name, radius, coef, family):
                              "optimizer.hessian_coef": coef}) == family
 
 
+def test_a_compute_matched_configuration_is_a_family_of_its_own():
+    assert table.family({"optimizer.name": "sgd", "optimizer.radius": 0.0, "optimizer.hessian_coef": 0.0,
+                         "train.compute_factor": 3}) == "sgd_3x"
+    assert table.family({"optimizer.name": "hero", "optimizer.radius": 0.0, "optimizer.hessian_coef": 1.0,
+                         "train.compute_factor": 2}) == "sgd_2x"
+    assert table.family({"optimizer.name": "sam", "optimizer.radius": 0.1, "optimizer.hessian_coef": 0.0}) == "sam"
+
+
 def test_method_family_of_a_table_is_one_label_per_row():
     families = table.family(trials())
     assert families.tolist()[:6] == ["sgd", "sgd", "sgd", "sgd", "sgd", "sgd"]

@@ -331,8 +331,12 @@ def test_evaluate_reports_every_enabled_metric_and_is_reproducible(trained):
     result = metrics.evaluate(model, data, SMALL_CFG, seed=0)
     assert set(result) == {
         "ptq_acc_8bit", "ptq_acc_2bit", "ptq_acc_8bit_per_channel", "ptq_acc_2bit_per_channel",
+        "ptq_drop_8bit", "ptq_drop_2bit", "ptq_drop_8bit_per_channel", "ptq_drop_2bit_per_channel",
         "hessian_top_eig", "hessian_trace", "weight_noise_acc_0", "weight_noise_acc_0.05",
     }
+    float_accuracy = metrics.accuracy(model, data.test_x, data.test_y)
+    for suffix in ("8bit", "2bit", "8bit_per_channel", "2bit_per_channel"):
+        assert result[f"ptq_drop_{suffix}"] == pytest.approx(float_accuracy - result[f"ptq_acc_{suffix}"])
     assert metrics.evaluate(model, data, SMALL_CFG, seed=0) == result
     # The Hessian is the mean cross-entropy's on the seed's sample with the training labels.
     batches = metrics.hessian_sample(data, samples=64, batch_size=64, seed=0)

@@ -1,4 +1,5 @@
-"""Models: every registered model runs on every image shape; the CIFAR ResNets have He et al.'s size."""
+"""Models: every registered model runs on every input shape it is built for and refuses the others;
+the CIFAR ResNets have He et al.'s size, the MNIST-1D CNN the published one."""
 import pytest
 import torch
 import torch.nn as nn
@@ -6,7 +7,8 @@ import torch.nn as nn
 from hero_bench import models
 from hero_bench.errors import ConfigError
 
-SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
+SHAPES = {"image": [(1, 8, 8), (1, 28, 28), (3, 32, 32)], "signal": [(1, 40), (2, 64)]}
+ACCEPTS = {"mlp": ("image", "signal"), "mnist1d_cnn": ("signal",)}  # every other model: images
 
 
 def count_parameters(model):
@@ -14,25 +16,42 @@ def count_parameters(model):
 
 
 @pytest.mark.parametrize("name", models.MODELS.names())
-def test_every_model_gives_logits_for_digits_mnist_and_cifar_shapes(name):
+def test_every_model_gives_logits_for_the_shapes_it_is_built_for_and_refuses_the_others(name):
     torch.manual_seed(0)
-    for shape in SHAPES:
-        model = models.create(name, shape, num_classes=7)
-        logits = model(torch.randn(2, *shape))
-        assert logits.shape == (2, 7), (name, shape)
-        assert torch.isfinite(logits).all()
+    accepted = ACCEPTS.get(name, ("image",))
+    for kind, shapes in SHAPES.items():
+        for shape in shapes:
+            if kind not in accepted:
+                with pytest.raises(ConfigError, match=f"model '{name}' needs"):
+                    models.create(name, shape, num_classes=7)
+                continue
+            logits = models.create(name, shape, num_classes=7)(torch.randn(2, *shape))
+            assert logits.shape == (2, 7), (name, shape)
+            assert torch.isfinite(logits).all()
 
 
 @pytest.mark.parametrize("name", models.MODELS.names())
 def test_repeated_training_mode_passes_agree_so_sam_and_hero_see_one_network(name):
     torch.manual_seed(0)
-    model = models.create(name, (1, 8, 8), num_classes=3).train()
-    x = torch.randn(4, 1, 8, 8)
+    shape = SHAPES[ACCEPTS.get(name, ("image",))[0]][0]
+    model = models.create(name, shape, num_classes=3).train()
+    x = torch.randn(4, *shape)
     assert torch.equal(model(x), model(x))
 
 
 def test_registry_holds_the_designed_models():
-    assert models.MODELS.names() == ["lenet5", "mlp", "mobilenet_v2", "resnet20", "resnet32", "resnet56", "vgg11_bn"]
+    assert models.MODELS.names() == ["lenet5", "mlp", "mnist1d_cnn", "mobilenet_v2", "resnet20", "resnet32", "resnet56",
+                                     "vgg11_bn"]
+
+
+def test_mnist1d_cnn_is_the_published_shape_with_about_5k_parameters():
+    model = models.create("mnist1d_cnn", (1, 40), 10)
+    convs = [(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0])
+             for m in model.modules() if isinstance(m, nn.Conv1d)]
+    assert convs == [(1, 25, 5, 2, 1), (25, 25, 3, 2, 1), (25, 25, 3, 2, 1)]
+    # lengths 40 -> 19 -> 10 -> 5: the head reads 25 x 5 features
+    assert count_parameters(model) == (5 * 25 + 25) + 2 * (3 * 25 * 25 + 25) + (25 * 5 * 10 + 10) == 5210
+    assert count_parameters(models.create("mnist1d_cnn", (1, 40), 10, channels=100)) > 50_000  # model.args widens it
 
 
 def resnet_parameter_count(depth, in_channels, num_classes):

@@ -34,6 +34,7 @@ def per_config(df):
     status: `diverged` if any seed diverged; `completed` if every seed of the table (every
     train.seed value seen) completed; `incomplete` otherwise (failed, stopped early, or missing).
     """
+    df = trials.with_added_columns(df)
     keys = [c for c in config_columns(df) if c != trials.SEED]
     by = [df[k] for k in keys]
     completed = df[STATUS] == "completed"
@@ -99,6 +100,7 @@ def leaderboard(df, configs=None):
     is), gain_vs_sgd and gain_vs_sam (test_acc_mean minus that family's, in points).
     `configs`: per_config(df), when the caller has it already.
     """
+    df = trials.with_added_columns(df)
     configs = per_config(df) if configs is None else configs
     metrics = shown_metrics(metric_columns(df))
     config = [c for c in config_columns(df) if c not in GROUP_KEYS + [trials.NAME, trials.SEED]]
@@ -177,8 +179,12 @@ def _display(board):
 
 def _groups(board):
     for key, group in board.groupby(GROUP_KEYS, dropna=False, sort=True):
-        data, model, noise = key
-        yield f"{data} / {model} / label noise {noise:g}", group.reset_index(drop=True)
+        yield group_title(*key), group.reset_index(drop=True)
+
+
+def group_title(data, model, noise, kind):
+    """`digits / mlp / label noise 0.4 (flip)`; the kind is named only where there is noise."""
+    return f"{data} / {model} / label noise {noise:g}" + (f" ({kind})" if noise > 0 else "")
 
 
 def _gain_sentence(group):

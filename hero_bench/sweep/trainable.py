@@ -39,7 +39,7 @@ def trainable(params, base, recorded=None):
             # Ray requires the sweep metric in every result; a diverged trial has no valid value,
             # and NaN is never chosen as best by Ray.
             metrics[metric] = float("nan")
-        if state is None or not checkpoint_due(metrics["epoch"], every, config.train.epochs):
+        if state is None or not checkpoint_due(metrics["epoch"], every, config.train.total_epochs):
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
