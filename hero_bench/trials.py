@@ -64,7 +64,7 @@ def ran(config):
     return out
 
 
-def row(trial_id, config, params, result, error=None):
+def row(trial_id, config, params, result=None, error=None):
     """One row: the trial's config columns (ρ and γ as its method uses them), the swept values
     `params` (dotted key -> value), its status and its last reported metrics `result`."""
     radius, coef = knobs(config)

@@ -46,3 +46,21 @@ def test_grid_and_bit_width_figures_need_two_points():
     chosen = select_best(configs)
     assert figures.heatmap(configs, chosen, "t") == "no hero configurations"
     assert figures.ptq(configs, chosen, "t") == "fewer than two ptq_acc_{b}bit columns with data"
+
+
+def test_every_title_and_label_fits_inside_its_figure():
+    configs = per_config(pd.read_csv(FIXTURE))
+    chosen = select_best(configs)
+    for kind, draw in figures.FIGURES.items():
+        fig = draw(configs, chosen, "digits / mlp")
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        box = fig.bbox
+        texts = [fig._suptitle] + [t for ax in fig.axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label)]
+        for text in texts:
+            if text is None or not text.get_text():
+                continue
+            extent = text.get_window_extent(renderer)
+            assert box.x0 - 1 <= extent.x0 and extent.x1 <= box.x1 + 1, (kind, text.get_text())
+            assert box.y0 - 1 <= extent.y0 and extent.y1 <= box.y1 + 1, (kind, text.get_text())
+        figures.plt.close(fig)

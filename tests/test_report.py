@@ -35,9 +35,10 @@ def blocks_of(built, kind):
 def test_report_has_leaderboard_panels_and_figures(results):
     built = report.build_report(results, entity="team", project="hero", title="HERO on digits")
     assert (built.entity, built.project, built.title) == ("team", "hero", "HERO on digits")
-    assert [type(b) for b in built.blocks] == [wr.MarkdownBlock, wr.H1, wr.MarkdownBlock, wr.H1, wr.MarkdownBlock,
-                                              wr.PanelGrid, wr.H1, wr.MarkdownBlock]
+    assert [type(b) for b in built.blocks] == [wr.MarkdownBlock, wr.H1, wr.MarkdownBlock, wr.MarkdownBlock, wr.H1,
+                                              wr.MarkdownBlock, wr.PanelGrid, wr.H1, wr.MarkdownBlock]
     assert "| family | status |" in built.blocks[2].text and "**92.00 ± 0.42**" in built.blocks[2].text
+    assert "# Paired comparisons" in built.blocks[3].text and "| test_acc | hero − sgd |" in built.blocks[3].text
     grid = blocks_of(built, wr.PanelGrid)[0]
     assert grid.runsets[0].filters == "Group = 'small'"
     assert [type(p) for p in grid.panels] == [wr.ParallelCoordinatesPlot, wr.BarPlot, wr.BarPlot, wr.ScatterPlot]

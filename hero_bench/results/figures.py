@@ -1,12 +1,14 @@
 """Figures of a trials table: one PNG per (figure kind, dataset, model) under results/<name>/figures/.
 
 Every figure that compares families uses the configuration the leaderboard chose for it (best
-mean validation accuracy); error bars are the std over seeds. A figure whose axes have no data
+mean validation accuracy); error bars are 95% t-intervals over seeds. Panels are per label-noise
+setting (rate and kind). A figure whose axes have no data
 (no Hessian column, a single label-noise level, ...) is skipped with a one-line reason, never drawn
 empty.
 """
 import io
 import re
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -17,17 +19,20 @@ import numpy as np  # noqa: E402
 
 from hero_bench.atomic import write_atomic  # noqa: E402
 from hero_bench.results.leaderboard import select_best  # noqa: E402
-from hero_bench.trials import COEF, DATA, FAMILY, METHOD, MODEL, NOISE, RADIUS, STATUS, family_order  # noqa: E402
+from hero_bench.trials import (COEF, DATA, FAMILY, METHOD, MODEL, NOISE, NOISE_KIND, RADIUS, STATUS,  # noqa: E402
+                               family_order)
 
 CAPTIONS = {
     "heatmap": "HERO mean validation and test accuracy over the (radius ρ, hessian_coef γ) grid",
     "ptq": "Test accuracy after post-training weight quantization, per bit width",
-    "label_noise": "Test accuracy vs training label-noise rate",
+    "label_noise": "Test accuracy and memorization of the noisy labels vs the training label-noise rate",
     "hessian": "Top Hessian eigenvalue of the training loss",
-    "compute": "Test accuracy vs compute, every completed configuration",
+    "compute": "Test accuracy vs gradient evaluations, every completed configuration",
 }
-COLORS = {"sgd": "tab:blue", "sam": "tab:orange", "hero": "tab:red", "gradnorm": "tab:green"}
-OTHER_COLORS = ["tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+COLORS = {"sgd": "tab:blue", "sgd_2x": "tab:cyan", "sgd_3x": "tab:purple", "sam": "tab:orange", "hero": "tab:red",
+          "gradnorm": "tab:green"}
+OTHER_COLORS = ["tab:brown", "tab:pink", "tab:olive", "tab:gray"]
+TITLE_CHARACTERS_PER_INCH = 11  # at the default 12-point suptitle, so a wrapped title fits its figure
 
 
 def _color(family, families):
@@ -39,14 +44,28 @@ def _slug(text):
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-")
 
 
-def _noise_label(p):
-    return f"label noise {p:g}"
+def _settings(frame):
+    """The (label-noise rate, kind) pairs of a frame, in order; the clean setting once."""
+    pairs = sorted({(p, k if p > 0 else "") for p, k in zip(frame[NOISE], frame[NOISE_KIND])})
+    return pairs
 
 
-def _panels(n, title, width=4.8, height=3.8):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=True)
-    fig.suptitle(title)
-    return fig, list(axes[0])
+def _at(frame, setting):
+    noise, kind = setting
+    return frame[(frame[NOISE] == noise) & ((frame[NOISE_KIND] == kind) | (noise == 0))]
+
+
+def _setting_label(setting):
+    noise, kind = setting
+    return "clean labels" if noise == 0 else f"label noise {noise:g} ({kind})"
+
+
+def _figure(rows, columns, title, width=4.8, height=3.8, **kwargs):
+    """A figure of rows x columns panels whose title is wrapped to fit its width."""
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False,
+                             layout="constrained", **kwargs)
+    fig.suptitle(textwrap.fill(title, width=max(30, int(TITLE_CHARACTERS_PER_INCH * width * columns))))
+    return fig, axes
 
 
 # ------------------------------------------------------------------------------------- one figure
@@ -54,7 +73,7 @@ def _panels(n, title, width=4.8, height=3.8):
 # it has nothing to draw.
 
 def _heatmap_grids(hero, radii, coefs):
-    """(val grid, test grid, diverged mask) over radius x hessian_coef for one label-noise level."""
+    """(val grid, test grid, diverged mask) over radius x hessian_coef for one label-noise setting."""
     val, test = np.full((2, len(radii), len(coefs)), np.nan)
     diverged = np.zeros((len(radii), len(coefs)), dtype=bool)
     for (r, g), cell in hero.groupby([RADIUS, COEF]):
@@ -69,7 +88,7 @@ def _heatmap_grids(hero, radii, coefs):
 
 
 def heatmap(configs, chosen, title):
-    """Mean val/test accuracy of the hero rows over (ρ, γ); one column per label-noise level, with
+    """Mean val/test accuracy of the hero rows over (ρ, γ); one column per label-noise setting, with
     one color scale per column. Where several configurations share a cell (other swept keys), the
     one with the best val accuracy fills it."""
     hero = configs[configs[METHOD] == "hero"]
@@ -81,12 +100,11 @@ def heatmap(configs, chosen, title):
         return "hero ran at a single (radius, hessian_coef) point"
     if not hero[STATUS].isin(["completed", "diverged"]).any():
         return "no hero configuration completed or diverged"
-    noises = np.sort(hero[NOISE].unique())
-    size = (len(noises) * (1.0 * len(coefs) + 2.5), 2 * (0.8 * len(radii) + 1.2) + 0.6)
-    fig, axes = plt.subplots(2, len(noises), figsize=size, squeeze=False, constrained_layout=True)
-    fig.suptitle(f"{title}: HERO accuracy (%) over radius ρ and hessian_coef γ; grey: no completed run")
-    for j, p in enumerate(noises):
-        val, test, diverged = _heatmap_grids(hero[hero[NOISE] == p], radii, coefs)
+    settings = _settings(hero)
+    fig, axes = _figure(2, len(settings), f"{title}: HERO accuracy (%) over radius ρ and hessian_coef γ "
+                        "(grey: no completed run)", width=1.0 * len(coefs) + 2.5, height=0.8 * len(radii) + 1.5)
+    for j, setting in enumerate(settings):
+        val, test, diverged = _heatmap_grids(_at(hero, setting), radii, coefs)
         finite = np.concatenate([val[np.isfinite(val)], test[np.isfinite(test)]])
         lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 100.0)
         for ax, grid, split in ((axes[0][j], val, "validation"), (axes[1][j], test, "test")):
@@ -102,89 +120,107 @@ def heatmap(configs, chosen, title):
             ax.set_yticks(range(len(radii)), [f"{r:g}" for r in radii])
             ax.set_xlabel("hessian_coef γ")
             ax.set_ylabel("radius ρ")
-            ax.set_title(f"{split}, {_noise_label(p)}")
+            ax.set_title(f"{split}, {_setting_label(setting)}", fontsize=9)
         fig.colorbar(image, ax=axes[:, j].tolist(), label="accuracy (%)", shrink=0.8)
     return fig
 
 
+def _bit_widths(chosen, suffix):
+    found = (int(m.group(1)) for c in chosen.columns
+             if (m := re.fullmatch(rf"ptq_acc_(\d+)bit{suffix}_mean", c)) and chosen[c].notna().any())
+    return sorted(found, reverse=True)
+
+
 def ptq(configs, chosen, title):
-    """Test accuracy vs weight bit width (per-tensor PTQ), one line per family; dashed: float weights."""
-    bits = sorted((int(m.group(1)) for c in chosen.columns
-                   if (m := re.fullmatch(r"ptq_acc_(\d+)bit_mean", c)) and chosen[c].notna().any()),
-                  reverse=True)
-    if len(bits) < 2:
+    """Test accuracy vs weight bit width, one line per family, per tensor (top row) and per channel
+    (bottom row, when the trials have it); dashed: float weights; bars: 95% intervals over seeds."""
+    rows = [(suffix, bits) for suffix in ("", "_per_channel") if len(bits := _bit_widths(chosen, suffix)) >= 2]
+    if not rows:
         return "fewer than two ptq_acc_{b}bit columns with data"
-    noises = np.sort(chosen[NOISE].unique())
-    fig, axes = _panels(len(noises), f"{title}: test accuracy after post-training quantization "
-                                     "(dashed: float weights)")
+    settings = _settings(chosen)
+    fig, axes = _figure(len(rows), len(settings), f"{title}: test accuracy after post-training quantization "
+                        "(dashed: float weights; bars: 95% intervals)", sharey="row")
     families = family_order(chosen[FAMILY])
-    for ax, p in zip(axes, noises):
-        at_noise = chosen[chosen[NOISE] == p]
-        for family in families:
-            row = at_noise[at_noise[FAMILY] == family]
-            if row.empty:
-                continue
-            row = row.iloc[0]
-            color = _color(family, families)
-            mean = [row[f"ptq_acc_{b}bit_mean"] for b in bits]
-            std = [row[f"ptq_acc_{b}bit_std"] for b in bits]
-            ax.errorbar(bits, mean, yerr=np.nan_to_num(std), marker="o", capsize=3, color=color, label=family)
-            ax.axhline(row["test_acc_mean"], color=color, linestyle="--", linewidth=1)
-        ax.set_xticks(bits)
-        ax.invert_xaxis()  # fewer bits to the right: accuracy falls as precision drops
-        ax.set_xlabel("weight bit width")
-        ax.set_title(_noise_label(p))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[0].legend(title=FAMILY)
-    fig.tight_layout()
+    for (suffix, bits), axes_row in zip(rows, axes):
+        for ax, setting in zip(axes_row, settings):
+            at = _at(chosen, setting)
+            for family in families:
+                row = at[at[FAMILY] == family]
+                if row.empty:
+                    continue
+                row, color = row.iloc[0], _color(family, families)
+                mean = [row[f"ptq_acc_{b}bit{suffix}_mean"] for b in bits]
+                ci = [row[f"ptq_acc_{b}bit{suffix}_ci95"] for b in bits]
+                ax.errorbar(bits, mean, yerr=np.nan_to_num(ci), marker="o", capsize=3, color=color, label=family)
+                ax.axhline(row["test_acc_mean"], color=color, linestyle="--", linewidth=1)
+            ax.set_xticks(bits)
+            ax.invert_xaxis()  # fewer bits to the right: accuracy falls as precision drops
+            ax.set_xlabel("weight bit width")
+            ax.set_title(f"{_setting_label(setting)}, {'per channel' if suffix else 'per tensor'}", fontsize=9)
+            ax.grid(alpha=0.3)
+        axes_row[0].set_ylabel("test accuracy (%)")
+    axes[0][0].legend(title=FAMILY, fontsize=8)
     return fig
 
 
 def label_noise(configs, chosen, title):
-    """Test accuracy of each family's chosen configuration vs the label-noise rate."""
+    """Against the label-noise rate, per family's chosen configuration: test accuracy at the last epoch
+    (solid) and at the epoch of best validation accuracy (dashed), and the accuracy on the noisy
+    labels it trained on (memorization); one line per noise kind, the clean setting shared."""
     noises = np.sort(chosen[NOISE].unique())
     if len(noises) < 2:
         return "a single label-noise level"
-    fig, axes = _panels(1, f"{title}: test accuracy vs label noise", width=6, height=4.2)
-    ax = axes[0]
+    panels = [("test_acc", "test accuracy (%)")]
+    if "train_acc_noisy_mean" in chosen and chosen["train_acc_noisy_mean"].notna().any():
+        panels.append(("train_acc_noisy", "accuracy on the training labels (%)"))
+    fig, axes = _figure(1, len(panels), f"{title}: test accuracy (solid: last epoch, dashed: best validation epoch)"
+                        " and memorization of the noisy labels vs label noise; bars: 95% intervals",
+                        width=6, height=4.2)
     families = family_order(chosen[FAMILY])
-    for family in families:
-        rows = chosen[chosen[FAMILY] == family].sort_values(NOISE)
-        ax.errorbar(rows[NOISE], rows["test_acc_mean"], yerr=rows["test_acc_std"].fillna(0),
-                    marker="o", capsize=3, color=_color(family, families), label=family)
-    ax.set_xticks(noises, [f"{p:g}" for p in noises])
-    ax.set_xlabel("training label-noise rate p")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(title=FAMILY)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    kinds = sorted(set(chosen.loc[chosen[NOISE] > 0, NOISE_KIND]))
+    markers = dict(zip(kinds, "osD^v"))
+    for ax, (metric, label) in zip(axes[0], panels):
+        for family in families:
+            for kind in kinds:
+                rows = chosen[(chosen[FAMILY] == family) & ((chosen[NOISE_KIND] == kind) | (chosen[NOISE] == 0))]
+                rows = rows.sort_values(NOISE).drop_duplicates(NOISE)
+                name = family if len(kinds) == 1 else f"{family} ({kind})"
+                ax.errorbar(rows[NOISE], rows[f"{metric}_mean"], yerr=rows[f"{metric}_ci95"].fillna(0),
+                            marker=markers[kind], capsize=3, color=_color(family, families), label=name)
+                if metric == "test_acc" and "test_acc_at_best_val_mean" in rows:
+                    ax.plot(rows[NOISE], rows["test_acc_at_best_val_mean"], linestyle="--", marker=markers[kind],
+                            color=_color(family, families), alpha=0.6)
+        ax.set_xticks(noises, [f"{p:g}" for p in noises])
+        ax.set_xlabel("training label-noise rate p")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(title=FAMILY, fontsize=8)
     return fig
 
 
 def hessian(configs, chosen, title):
-    """Bars: top Hessian eigenvalue of each family's chosen configuration, grouped by label noise."""
+    """Bars: top Hessian eigenvalue of each family's chosen configuration, per label-noise setting."""
     if "hessian_top_eig_mean" not in chosen:
         return "no hessian_top_eig column in trials.csv"
     rows = chosen[chosen["hessian_top_eig_mean"].notna()]
     if rows.empty:
         return "hessian_top_eig has no values"
-    noises = np.sort(rows[NOISE].unique())
+    settings = _settings(rows)
     families = family_order(rows[FAMILY])
-    fig, axes = _panels(1, f"{title}: top Hessian eigenvalue (lower = flatter)",
-                        width=max(5.0, 1.2 * len(noises) * len(families)), height=4.2)
-    ax = axes[0]
+    fig, axes = _figure(1, 1, f"{title}: top Hessian eigenvalue (lower = flatter; bars: 95% intervals)",
+                        width=max(5.0, 1.2 * len(settings) * len(families)), height=4.2)
+    ax = axes[0][0]
     width = 0.8 / len(families)
     for k, family in enumerate(families):
-        bars = rows[rows[FAMILY] == family].set_index(NOISE).reindex(noises)
-        x = np.arange(len(noises)) + (k - (len(families) - 1) / 2) * width
-        ax.bar(x, bars["hessian_top_eig_mean"], width, yerr=bars["hessian_top_eig_std"].fillna(0), capsize=3,
+        values = [_at(rows[rows[FAMILY] == family], s) for s in settings]
+        x = np.arange(len(settings)) + (k - (len(families) - 1) / 2) * width
+        ax.bar(x, [v["hessian_top_eig_mean"].iloc[0] if len(v) else np.nan for v in values], width,
+               yerr=[v["hessian_top_eig_ci95"].fillna(0).iloc[0] if len(v) else 0 for v in values], capsize=3,
                color=_color(family, families), label=family)
-    ax.set_xticks(np.arange(len(noises)), [_noise_label(p) for p in noises])
+    ax.set_xticks(np.arange(len(settings)), [_setting_label(s) for s in settings])
     ax.set_ylabel("top eigenvalue λ_max")
-    ax.legend(title=FAMILY)
+    ax.legend(title=FAMILY, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
@@ -193,7 +229,8 @@ COMPUTE_AXES = (("grad_evals", "gradient evaluations per trial"), ("time_total_s
 
 
 def compute(configs, chosen, title):
-    """Every completed configuration's test accuracy against its cost; circled: chosen by validation."""
+    """Every completed configuration's test accuracy (95% interval over seeds) against its cost;
+    ringed: the configurations chosen by validation. The y axis's span is in its label."""
     done = configs[configs[STATUS] == "completed"]
     axis = next(((key, label) for key, label in COMPUTE_AXES
                  if f"{key}_mean" in done and done[f"{key}_mean"].notna().any()), None)
@@ -203,25 +240,27 @@ def compute(configs, chosen, title):
     done = done[done[f"{key}_mean"].notna() & done["test_acc_mean"].notna()]
     if len(done) < 2:
         return "fewer than two completed configurations with cost data"
-    noises = np.sort(done[NOISE].unique())
-    fig, axes = _panels(len(noises), f"{title}: test accuracy vs compute (circled: chosen by validation)")
+    settings = _settings(done)
+    fig, axes = _figure(1, len(settings), f"{title}: test accuracy vs compute (bars: 95% intervals over seeds; "
+                        "ringed: chosen by validation)", sharey=True)
     families = family_order(done[FAMILY])
-    for ax, p in zip(axes, noises):
+    for ax, setting in zip(axes[0], settings):
+        at = _at(done, setting)
         for family in families:
-            rows = done[(done[NOISE] == p) & (done[FAMILY] == family)]
-            ax.scatter(rows[f"{key}_mean"], rows["test_acc_mean"], color=_color(family, families), alpha=0.7,
-                       label=family)
-        best = chosen[chosen[NOISE] == p]
+            rows = at[at[FAMILY] == family]
+            ax.errorbar(rows[f"{key}_mean"], rows["test_acc_mean"], yerr=rows["test_acc_ci95"].fillna(0), fmt="o",
+                        capsize=2, color=_color(family, families), alpha=0.7, label=family)
+        best = _at(chosen, setting)
         ax.scatter(best[f"{key}_mean"], best["test_acc_mean"], s=160, facecolors="none", edgecolors="black")
         x = done[f"{key}_mean"]
         if x.min() > 0 and x.max() / x.min() > 20:
             ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.set_title(_noise_label(p))
+        ax.set_title(_setting_label(setting), fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[0].legend(title=FAMILY)
-    fig.tight_layout()
+    low, high = axes[0][0].get_ylim()
+    axes[0][0].set_ylabel(f"test accuracy (%); the axis spans {high - low:.1f} points")
+    axes[0][0].legend(title=FAMILY, fontsize=8)
     return fig
 
 
@@ -261,7 +300,7 @@ def write_figures(configs, out_dir):
                 skipped.append(f"{name}: {fig}")
                 continue
             buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=110)
+            fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
             plt.close(fig)
             written.append(write_atomic(out_dir / name, buffer.getvalue()))
     return written, skipped

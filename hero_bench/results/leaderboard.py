@@ -20,6 +20,8 @@ from scipy import stats
 from hero_bench import trials
 from hero_bench.trials import FAMILY, GROUP_KEYS, STATUS, config_columns, family, family_order, is_config_key, metric_columns
 
+CONFIG_ID = "config_id"
+
 # Config columns always shown in leaderboard.md/html; other config columns only where they vary.
 SHOWN_CONFIG = (trials.METHOD, trials.RADIUS, trials.COEF, trials.LR)
 
@@ -35,7 +37,7 @@ def per_config(df):
     train.seed value seen) completed; `incomplete` otherwise (failed, stopped early, or missing).
     """
     df = trials.with_added_columns(df)
-    keys = [c for c in config_columns(df) if c != trials.SEED]
+    keys = configuration_keys(df)
     by = [df[k] for k in keys]
     completed = df[STATUS] == "completed"
     table = pd.DataFrame({"completed": completed, "diverged": df[STATUS] == "diverged",
@@ -50,6 +52,7 @@ def per_config(df):
     info.insert(len(keys) + 1, STATUS, np.select([info["any_diverged"], complete], ["diverged", "completed"],
                                                    "incomplete"))
     info = info.drop(columns=["any_diverged", "all_completed", "n_seeds"])
+    info.insert(0, CONFIG_ID, range(len(info)))  # the numbering of configuration_ids: groupby's sorted order
 
     # Metrics of trials that did not complete are no result: blank them before averaging.
     values = df[metric_columns(df)].apply(pd.to_numeric, errors="coerce").where(completed, axis=0)
@@ -64,12 +67,54 @@ def per_config(df):
     return pd.concat([info, summary], axis=1)  # both grouped by the same keys: rows align by position
 
 
+def configuration_keys(df):
+    """The columns that make a configuration: every config column but the seed."""
+    return [c for c in config_columns(df) if c != trials.SEED]
+
+
+def configuration_ids(df):
+    """Each trial's configuration, numbered as per_config numbers its rows (its `config_id`)."""
+    df = trials.with_added_columns(df)
+    return df.groupby([df[k] for k in configuration_keys(df)], dropna=False, sort=True).ngroup()
+
+
 def select_best(configs):
-    """Per (dataset, model, label noise, family): the completed configuration with the highest
-    mean validation accuracy. Diverged and incomplete configurations are never chosen."""
-    eligible = configs[(configs[STATUS] == "completed") & configs["val_acc_mean"].notna()]
-    best = eligible.loc[eligible.groupby(GROUP_KEYS + [FAMILY], dropna=False)["val_acc_mean"].idxmax()]
-    return best.reset_index(drop=True)
+    """Per (dataset, model, label noise and kind, family): the completed configuration with the
+    highest mean validation accuracy. Diverged and incomplete configurations are never chosen.
+
+    Ties (means equal to within 1e-9) go to the configuration with fewer mean gradient evaluations,
+    then to the first in per_config's order. Added columns: `configurations`, the family's number of
+    configurations in the group (its tuning budget); `tied`, how many shared the best mean (1: no tie);
+    `edge`, every swept key whose chosen value is the smallest or largest the family tried there (an
+    optimum the grid may not bracket).
+    """
+    eligible = (configs[STATUS] == "completed") & configs["val_acc_mean"].notna()
+    chosen = []
+    for _, family in configs.groupby(GROUP_KEYS + [FAMILY], dropna=False, sort=False):
+        done = family[eligible.loc[family.index]]
+        if done.empty:
+            continue
+        tied = done[np.isclose(done["val_acc_mean"], done["val_acc_mean"].max(), rtol=0, atol=1e-9)]
+        cost = tied["grad_evals_mean"] if "grad_evals_mean" in tied else pd.Series(0, index=tied.index)
+        best = tied.loc[cost.sort_values(kind="stable").index[0]].copy()
+        best["configurations"], best["tied"], best["edge"] = len(family), len(tied), _edge(best, family)
+        chosen.append(best)
+    return pd.DataFrame(chosen).reset_index(drop=True) if chosen else configs.iloc[:0].assign(
+        configurations=[], tied=[], edge=[])
+
+
+def _edge(best, family):
+    """`train.lr (highest), ...`: the swept numeric keys whose chosen value ends the family's range."""
+    ends = []
+    for key in configuration_keys(family):
+        values = pd.to_numeric(family[key], errors="coerce").dropna().unique()
+        if len(values) < 2 or pd.isna(pd.to_numeric(best[key], errors="coerce")):
+            continue
+        if best[key] == values.min():
+            ends.append(f"{key} (lowest)")
+        elif best[key] == values.max():
+            ends.append(f"{key} (highest)")
+    return ", ".join(ends)
 
 
 # ------------------------------------------------------------------------------------ leaderboard
@@ -95,8 +140,8 @@ def leaderboard(df, configs=None):
 
     Per (data.name, model.name, data.label_noise): one row per method family with the configuration
     chosen by mean validation accuracy (status completed), then one row per diverged configuration
-    (status diverged, never chosen). Columns: group keys, family, status, config, n_seeds, m_mean and
-    m_std per shown metric, test_acc_ci95, best_test_acc (True where the group's best test accuracy
+    (status diverged, never chosen). Columns: group keys, family, status, config, n_seeds, n_trials,
+    configurations, tied and edge (see select_best), m_mean and m_std per shown metric, test_acc_ci95, best_test_acc (True where the group's best test accuracy
     is), gain_vs_sgd and gain_vs_sam (test_acc_mean minus that family's, in points).
     `configs`: per_config(df), when the caller has it already.
     """
@@ -104,7 +149,7 @@ def leaderboard(df, configs=None):
     configs = per_config(df) if configs is None else configs
     metrics = shown_metrics(metric_columns(df))
     config = [c for c in config_columns(df) if c not in GROUP_KEYS + [trials.NAME, trials.SEED]]
-    columns = (GROUP_KEYS + [FAMILY, STATUS] + config + ["n_seeds", "n_trials"]
+    columns = (GROUP_KEYS + [FAMILY, STATUS] + config + ["n_seeds", "n_trials", "configurations", "tied", "edge"]
                + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["test_acc_ci95"])
     if configs.empty:
         return pd.DataFrame(columns=columns)
@@ -166,6 +211,8 @@ def _display(board):
     for c in config:
         table[c] = board[c].map(_number)
     table["seeds done"] = [f"{done}/{n}" for done, n in zip(board["n_seeds"], board["n_trials"])]
+    table["grid"] = board["configurations"].map(lambda n: "–" if pd.isna(n) else f"{n:.0f}")
+    table["choice"] = [_flags(tied, edge) for tied, edge in zip(board["tied"], board["edge"])]
     for m in metrics:
         mean, std = board[f"{m}_mean"], board[f"{m}_std"]
         table[m] = [_number(a, m) + ("" if pd.isna(a) or pd.isna(s) else f" ± {_number(s, m)}")
@@ -175,6 +222,12 @@ def _display(board):
     bold = {(i, "test_acc") for i in board.index[board["best_test_acc"].astype(bool)]}
     same = {c: board[c].iloc[0] for c in constant}
     return table, bold, same
+
+
+def _flags(tied, edge):
+    """What a reader should know about a choice: a validation tie, an optimum on the grid's edge."""
+    flags = [f"tie of {tied:.0f}"] if tied > 1 else []
+    return "; ".join(flags + ([f"edge: {edge}"] if isinstance(edge, str) and edge else [])) or "–"
 
 
 def _groups(board):

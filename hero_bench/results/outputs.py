@@ -1,8 +1,8 @@
-"""Write every output of a results folder from its trials.csv: per_config.csv, leaderboard.{csv,md,html}
-and figures/*.png."""
+"""Write every output of a results folder from its trials.csv: per_config.csv, leaderboard.{csv,md,html},
+comparisons.csv and figures/*.png."""
 from hero_bench import trials
 from hero_bench.atomic import write_atomic
-from hero_bench.results import figures, leaderboard
+from hero_bench.results import comparisons, figures, leaderboard
 
 
 def write(results_dir):
@@ -12,10 +12,13 @@ def write(results_dir):
     df = trials.read(results_dir)
     configs = leaderboard.per_config(df)
     board = leaderboard.leaderboard(df, configs)
+    paired = comparisons.comparisons(df, leaderboard.select_best(configs))
     title = f"Leaderboard: {leaderboard.experiment_name(df, folder.name)}"
     written = [write_atomic(folder / "per_config.csv", configs.to_csv(index=False)),
                write_atomic(folder / "leaderboard.csv", board.to_csv(index=False)),
-               write_atomic(folder / "leaderboard.md", leaderboard.to_markdown(board, title)),
+               write_atomic(folder / "comparisons.csv", paired.to_csv(index=False)),
+               write_atomic(folder / "leaderboard.md", leaderboard.to_markdown(board, title)
+                            + comparisons.markdown(paired)),
                write_atomic(folder / "leaderboard.html", leaderboard.to_html(board, title))]
     drawn, skipped = figures.write_figures(configs, folder / "figures")
     for note in skipped:

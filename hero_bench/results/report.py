@@ -15,7 +15,9 @@ from hero_bench import trials
 from hero_bench.atomic import write_atomic
 from hero_bench.errors import HeroBenchError
 from hero_bench.results.figures import CAPTIONS, figures_of
-from hero_bench.results.leaderboard import INTRO, experiment_name, leaderboard, markdown_tables, shown_metrics
+from hero_bench.results import comparisons
+from hero_bench.results.leaderboard import (INTRO, experiment_name, leaderboard, markdown_tables, per_config,
+                                            select_best, shown_metrics)
 from hero_bench.trials import COEF, NOISE, RADIUS, metric_columns
 
 # The sweep's knobs and the accuracies they drive, as parallel axes (config keys, then summary metrics).
@@ -55,6 +57,11 @@ def _figures(df, folder):
     return [(path.relative_to(folder).as_posix(), CAPTIONS[kind]) for kind, path in figures_of(df, folder / "figures")]
 
 
+def _comparisons(df, heading):
+    """The paired comparisons of the chosen configurations, as markdown."""
+    return comparisons.markdown(comparisons.comparisons(df, select_best(per_config(df))), heading=heading)
+
+
 def _panels(df):
     """W&B panels for the metrics the trials table has."""
     metrics = shown_metrics(metric_columns(df))
@@ -91,6 +98,7 @@ def build_report(source, *, entity, project, title=None, figures_base_url=None):
     blocks = [wr.MarkdownBlock(text=_summary(name, df)),
               wr.H1(text="Leaderboard"),
               wr.MarkdownBlock(text=f"{INTRO}\n\n{markdown_tables(leaderboard(df), heading='###')}"),
+              wr.MarkdownBlock(text=_comparisons(df, heading="#")),
               wr.H1(text="Sweep"),
               wr.MarkdownBlock(text=PANELS_NOTE.format(name=name)),
               wr.PanelGrid(runsets=[runset], panels=_panels(df))]
@@ -113,6 +121,7 @@ def report_markdown(results_dir, *, title=None):
     name, df, folder = _load(results_dir)
     parts = [f"# {title or f'hero-bench: {name}'}\n", _summary(name, df) + "\n",
              "## Leaderboard\n", INTRO + "\n", markdown_tables(leaderboard(df), heading="###"),
+             _comparisons(df, heading="##"),
              "## Figures\n"]
     figures = _figures(df, folder)
     parts += [f"### {caption}\n\n![{caption}]({path})\n" for path, caption in figures] or \

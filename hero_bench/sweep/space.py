@@ -8,11 +8,13 @@ explicit points (each a dict of dotted keys). Every grid value is checked once h
 import itertools
 import json
 
+import pandas as pd
 from ray import tune
 
 from hero_bench import config as config_module
+from hero_bench import trials
 from hero_bench.errors import ConfigError
-from hero_bench.trials import SEED
+from hero_bench.trials import FAMILY, GROUP_KEYS, SEED
 
 DISTRIBUTIONS = {
     "uniform": (("low", "high"), tune.uniform),
@@ -141,3 +143,23 @@ class TrialConfigs:
             except ConfigError as exc:
                 swept = ", ".join(f"{k}={v}" for k, v in trial_params(params).items() if k != SEED)
                 raise ConfigError(f"sweep.space point {{{swept}}}: {exc}") from None
+
+
+def tuning_budgets(config):
+    """Per (dataset, model, label noise and kind) and method family of a grid sweep: how many
+    configurations the family is given (`configurations`) and which keys its grid sweeps (`swept`).
+    An equal comparison gives every family of a group the same number, with train.lr among the keys."""
+    space = search_space(config)
+    params = grid_params(space)
+    if params is None:
+        raise ConfigError("tuning budgets are defined for grid sweeps (sweep.search: grid) only")
+    configs = TrialConfigs(config)
+    table = pd.DataFrame([trials.row("", configs.get(p), trial_params(p)) for p in params if p[SEED] == config.sweep.seeds[0]])
+    table[FAMILY] = trials.family(table)
+    keys = [c for c in trials.config_columns(table) if c != SEED]
+    rows = []
+    for group, family in table.groupby(GROUP_KEYS + [FAMILY], dropna=False, sort=True):
+        distinct = family[keys].astype(str).drop_duplicates()
+        swept = sorted(k for k in keys if distinct[k].nunique() > 1)
+        rows.append({**dict(zip(GROUP_KEYS + [FAMILY], group)), "configurations": len(distinct), "swept": swept})
+    return pd.DataFrame(rows)
