@@ -1,7 +1,8 @@
-"""The experiment files under experiments/: each loads and its sweep validates; the CIFAR ones hold the
-authors' setting, document commands that work, differ per dataset only in label noise and evaluation,
-and every model of their grid trains one step on synthetic data of CIFAR's shape (the real sweeps are
-for a GPU cluster, not CI)."""
+"""The experiment files under experiments/: each loads and its sweep validates; every claim experiment
+follows the comparison protocol (equal budgets with the learning rate, a real SGD family, compute-
+matched SGD, enough seeds); the CIFAR ones hold the authors' setting, document commands that work, and
+every model of their grid trains one step on synthetic data of CIFAR's shape (the real sweeps are for
+a GPU cluster, not CI)."""
 import math
 import os
 import re
@@ -43,7 +44,7 @@ def documented_commands(path):
 
 
 def one_step_trial(config, model):
-    """The file's trial for `model` (its other keys as in the file: hero at radius 0.5, hessian_coef 5),
+    """The file's base trial for `model` (its other keys as in the file: hero at radius 0.5, hessian_coef 5),
     shrunk to a single step on 4 synthetic images of CIFAR's shape and class count, batch 4, one
     epoch, evaluation off: what is tested is that model, method and data shape fit together."""
     classes = NUM_CLASSES[config.data.name]
@@ -62,17 +63,15 @@ def one_step_trial(config, model):
     return config_module.for_trial(config, sweep_space.trial_params(params))
 
 
-def training_setting(path):
-    """Everything an experiment file sets except its name, label noise and evaluation."""
-    raw = config_module.load(path).to_dict()
-    del raw["name"], raw["evaluate"], raw["data"]["label_noise"]
-    raw["sweep"]["space"].pop("data.label_noise", None)
-    return raw
+CLAIMS = [path for path in EXPERIMENTS if re.fullmatch(r"(cifar10|cifar100|digits|mnist1d)_(generalization|label_noise)",
+                                                         path.stem)]
+claim_ids = [path.stem for path in CLAIMS]
 
 
-def test_the_six_cifar_experiments_of_the_paper_exist():
-    expected = {f"{data}_{claim}" for data in NUM_CLASSES for claim in ("generalization", "label_noise", "quantization")}
-    assert {path.stem for path in CIFAR} == expected
+def test_the_claim_experiments_of_the_protocol_exist():
+    expected = {f"{data}_{claim}" for data in ("cifar10", "cifar100", "digits", "mnist1d")
+                for claim in ("generalization", "label_noise")}
+    assert {path.stem for path in CLAIMS} == expected
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=ids)
@@ -82,66 +81,77 @@ def test_experiment_file_loads_and_its_sweep_space_validates(path):
     assert space["train.seed"] == {"grid_search": config.sweep.seeds}
 
 
+@pytest.mark.parametrize("path", CLAIMS, ids=claim_ids)
+def test_every_claim_experiment_gives_every_family_the_same_budget_with_the_learning_rate(path):
+    config = config_module.load(path)
+    budgets = sweep_space.tuning_budgets(config)
+    for _, group in budgets.groupby(["data.name", "model.name", "data.label_noise", "data.label_noise_kind"]):
+        assert group["configurations"].nunique() == 1, group[["family", "configurations"]]
+        assert all("train.lr" in swept for swept in group["swept"]), group[["family", "swept"]]
+        # a real SGD family and SGD given the compute of SAM (2 gradients a step) and HERO (3)
+        assert {"sgd", "sgd_2x", "sgd_3x", "sam", "hero"} <= set(group["family"])
+        assert (group.loc[group["family"] == "sgd", "swept"].iloc[0] == ["train.lr", "train.weight_decay"])
+    families = sweep_space.TrialConfigs(config)
+    sgd = [families.get(p) for p in sweep_space.grid_params(sweep_space.search_space(config))]
+    assert any(c.optimizer.name == "sgd" for c in sgd)  # SGD by name, not HERO at radius 0
+    assert len(config.sweep.seeds) >= (10 if path.stem.startswith("mnist1d") else 5)
+
+
+@pytest.mark.parametrize("path", CLAIMS, ids=claim_ids)
+def test_claim_file_states_its_true_trial_count(path):
+    config = config_module.load(path)
+    stated = re.search(r"= (\d+) trials", path.read_text())
+    assert stated, "the header should say how many trials the sweep runs"
+    assert int(stated.group(1)) == len(sweep_space.grid_params(sweep_space.search_space(config)))
+
+
 @pytest.mark.parametrize("path", CIFAR, ids=cifar_ids)
-def test_cifar_file_holds_the_authors_setting_with_sgd_and_sam_on_its_grid(path):
+def test_cifar_file_holds_the_authors_setting_and_point_on_its_grids(path):
     config = config_module.load(path)
     dataset, _, claim = path.stem.partition("_")
     assert config.name == path.stem and config.data.name == dataset and config.data.download is False
     t, o = config.train, config.optimizer
     assert (t.epochs, t.batch_size, t.lr, t.schedule, t.momentum, t.weight_decay) == (200, 128, 0.1, "cosine", 0.9, 5e-4)
     assert (o.name, o.radius, o.hessian_coef, o.adaptive) == ("hero", 0.5, 5.0, True)
-    space = config.sweep.space
-    assert {0.0, 0.5} <= set(space["optimizer.radius"])  # 0: SGD; 0.5: the authors' radius
-    assert {0.0, 5.0} <= set(space["optimizer.hessian_coef"])  # 0: SAM; 5: the authors' coefficient
-    assert space["model.name"] == ["resnet20", "mobilenet_v2"]
-    assert config.sweep.seeds == [0, 1, 2] and config.sweep.scheduler == "fifo"
+    grids = {}
+    for grid in config.sweep.space:  # each family's first grid
+        grids.setdefault(grid["optimizer.name"][0], grid)
+    assert 0.1 in grids["sgd"]["train.lr"] and 5e-4 in grids["sgd"]["train.weight_decay"]
+    assert grids["hero"]["optimizer.radius"] == [0.5] and 5.0 in grids["hero"]["optimizer.hessian_coef"]
+    assert 0.5 in grids["sam"]["optimizer.radius"]
+    assert config.sweep.scheduler == "fifo"
     assert (config.sweep.resources_per_trial.cpu, config.sweep.resources_per_trial.gpu) == (4, 0.5)
-    e = config.evaluate
-    assert (e.hessian.samples, e.hessian.probes, e.weight_noise.sigmas) == (1024, 32, [0.01, 0.05, 0.1])
-    assert e.ptq_bits == [8, 6, 5, 4, 3, 2]
-    if claim == "label_noise":
-        assert space["data.label_noise"] == [0.0, 0.2, 0.4, 0.6, 0.8]
-    if claim == "quantization":
-        assert e.ptq_per_channel is True
-
-
-@pytest.mark.parametrize("path", CIFAR, ids=cifar_ids)
-def test_cifar_file_states_its_true_trial_count(path):
-    config = config_module.load(path)
-    stated = re.search(r"= (\d+) trials", path.read_text())
-    assert stated, "the header should say how many trials the sweep runs"
-    grid = math.prod(len(values) for values in config.sweep.space.values()) * len(config.sweep.seeds)
-    assert int(stated.group(1)) == grid
+    if claim == "generalization":
+        assert config.evaluate.ptq_bits == [8, 6, 5, 4, 3, 2] and config.evaluate.ptq_per_channel is True
+        assert grids["sgd"]["model.name"] == ["resnet20", "mobilenet_v2"]
+    else:
+        assert grids["sgd"]["data.label_noise"] == [0.2, 0.4, 0.6, 0.8] and config.data.label_noise_kind == "flip"
 
 
 @pytest.mark.parametrize("path", CIFAR, ids=cifar_ids)
 def test_commands_in_cifar_file_comments_parse_and_give_valid_sweeps(path):
     commands = documented_commands(path)
-    methods = set()
+    assert commands
     for argv in commands:
         args = cli.parser().parse_args(argv[1:])
         assert (ROOT / args.file).resolve() == path
-        config = config_module.load(ROOT / args.file, args.set)
-        sweep_space.search_space(config)
-        methods.add(config.optimizer.name)
-        if config.optimizer.name == "gradnorm":  # its own sweep: no radius axis to duplicate its runs
-            assert "optimizer.radius" not in config.sweep.space and config.name != path.stem
-    assert methods == {"hero", "gradnorm"}, "each file documents its sweep and a GradNorm baseline"
+        sweep_space.search_space(config_module.load(ROOT / args.file, args.set))
 
 
 @pytest.mark.parametrize("dataset", NUM_CLASSES)
-def test_label_noise_and_quantization_files_train_exactly_the_generalization_setting(dataset):
-    """So the three claims are measured on the same trainings: only label noise and evaluation differ."""
-    generalization, label_noise, quantization = (
-        training_setting(ROOT / "experiments" / f"{dataset}_{claim}.yaml") for claim in ("generalization", "label_noise", "quantization")
-    )
-    assert label_noise == generalization and quantization == generalization
+def test_the_label_noise_file_trains_the_generalization_setting(dataset):
+    """So the claims are measured on the same recipe: only label noise, grids and evaluation differ."""
+    def setting(claim):
+        raw = config_module.load(ROOT / "experiments" / f"{dataset}_{claim}.yaml").to_dict()
+        return raw["train"], raw["optimizer"], raw["model"]
+
+    assert setting("label_noise") == setting("generalization")
 
 
 @pytest.mark.parametrize("dataset", NUM_CLASSES)
-def test_each_model_of_a_cifar_grid_trains_one_step_at_the_centre_point(dataset):
+def test_each_model_of_a_cifar_grid_trains_one_step_at_the_authors_point(dataset):
     config = config_module.load(ROOT / "experiments" / f"{dataset}_generalization.yaml")
-    for model in config.sweep.space["model.name"]:
+    for model in config.sweep.space[0]["model.name"]:
         trial = one_step_trial(config, model)
         assert (trial.optimizer.name, trial.optimizer.radius, trial.optimizer.hessian_coef) == ("hero", 0.5, 5.0)
         result = run_trial(trial)
