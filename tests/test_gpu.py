@@ -22,9 +22,10 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of a machine without CUDA")
 WARNING = re.compile(r"this trial was given GPU (\S+) \(CUDA_VISIBLE_DEVICES=(\S+)\) but torch finds no CUDA device")
 
-# 8 trials of half a GPU and half a CPU on a node of 2 GPUs and 2 CPUs: 4 at a time, 2 per GPU. Each
-# trains for about 2 s, so the second four, which reuse the first four's actors, overlap in training too.
-GPUS, SHARE, TRIALS = 2, 0.5, 8
+# 8 trials of half a GPU and half a CPU on a node of 2 GPUs and 4 CPUs: the GPUs alone allow 4 at a time,
+# 2 per GPU (the CPUs would allow 8). Each trains for about 2 s, so the second four, which reuse the
+# first four's actors, overlap in training too.
+GPUS, CPUS, SHARE, TRIALS = 2, 4, 0.5, 8
 EXPERIMENT = experiment(
     name="gpus", data={"args": {"num_samples": 2048, "input_shape": [1, 8, 8], "num_classes": 3}},
     model={"name": "mlp", "args": {"hidden": [64]}}, train={"epochs": 8, "batch_size": 16},
@@ -53,14 +54,14 @@ def test_most_at_once_counts_overlapping_intervals():
 @pytest.mark.slow
 def test_a_sweep_packs_two_trials_per_gpu_on_a_simulated_gpu_cluster(tmp_path):
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(EXPERIMENT))
-    with loopback_cluster(nodes=1, cpus_per_node=2, gpus_per_node=GPUS) as (address, env):
+    with loopback_cluster(nodes=1, cpus_per_node=CPUS, gpus_per_node=GPUS) as (address, env):
         args = ["sweep", "exp.yaml", "--address", address, "--storage", "ray"]
         # every trial's warning reaches the driver's log, not one line per kind
         with hero_bench_process(args, tmp_path, {**env, "RAY_DEDUP_LOGS": "0"}) as (proc, collect, _):
             assert wait_for(lambda: proc.poll() is not None, proc, collect, timeout=300)
     log = (tmp_path / "hero-bench-0.log").read_text()
     assert proc.returncode == 0, log[-3000:]
-    assert f"joined the Ray cluster at {address}: 1 nodes, 2 CPUs, {GPUS} GPUs" in log
+    assert f"joined the Ray cluster at {address}: 1 nodes, {CPUS} CPUs, {GPUS} GPUs" in log
 
     trials = pd.read_csv(tmp_path / "results" / "gpus" / "trials.csv", dtype={TRIAL_ID: str})
     assert len(trials) == TRIALS and set(trials[STATUS]) == {"completed"}
