@@ -1,57 +1,97 @@
-"""Epoch time of every method on one CUDA GPU, on CIFAR-shaped data: what a trial of the CIFAR sweeps costs.
+"""One-shot GPU check: what a trial costs on a CUDA GPU, and how many trials a minute a GPU runs when
+a sweep packs 1, 2 or 4 trials on it. One run prints one table and writes it to OUT/gpu_check.md.
 
-One trial per method through hero_bench.train.run_trial (the code path of every sweep trial): sgd, sam,
-gradnorm, and hero with each Hessian-vector product (fd, auto, exact), on synthetic 3x32x32 images of
-10 classes (no download), resnet20 at batch 128 and the experiments' other settings (lr 0.1 cosine,
-momentum 0.9, weight decay 5e-4, radius 0.5 adaptive, hessian_coef 5.0 for hero, 0.1 for gradnorm).
-The first epoch pays for CUDA start-up and kernel selection, so the table reports the fastest later
-epoch. --bf16 adds sgd and hero (auto) under bf16 autocast.
+    python benchmarks/gpu_check.py [--out gpu_check] [--trials 8] [--dry-run]
 
-    python benchmarks/gpu_check.py [--epochs 3] [--samples 5000] [--model resnet20] [--bf16]
+1. Epoch time of sgd, sam, hero (fd, auto, exact) at fp32 and under bf16 autocast, through
+   hero_bench.train.run_trial (every sweep trial's code): resnet20, batch 128, synthetic 3x32x32
+   images of 10 classes (no download), the CIFAR experiments' settings (lr 0.1 cosine, momentum 0.9,
+   weight decay 5e-4, radius 0.5 adaptive, hessian_coef 5). The first epoch pays for CUDA start-up
+   and kernel selection, so the table gives the fastest later one.
+2. The cosine of the finite-difference Hessian-vector product against the exact one on the GPU:
+   hero with hvp auto checking on every step (as it does every 50), over the first steps, until auto
+   switches to exact for good (a cosine below 0.99).
+3. Sweep throughput: `hero-bench sweep` (the command's own code, run in this process on a Ray started
+   here with this machine's GPUs) of --trials hero (auto) trials, with resources_per_trial.gpu 1, 0.5
+   and 0.25: trials per minute over the sweep's wall time, each trial's mean epoch time (what
+   sharing a GPU costs it) and the devices the trials trained on. Each sweep's results folder is
+   kept under OUT/sweeps/.
 
-A CIFAR sweep trial trains 45k images (90% of 50k) for 200 epochs: scale an epoch time here by
-200 x 45000 / (training images here, 98% of --samples) for its training time.
-Without a CUDA device it says so and exits with status 1.
+Sizes: 5000 images (4900 trained on), 3 epochs per run, 20 cosine steps; sweeps of 8 trials of 2 epochs
+of 9800 images, with {cpu: CPUs/4} per trial. Planned to fit 5 minutes of GPU time; it has not run
+on a GPU yet, so that is an estimate. On a device machine: `python benchmarks/gpu_check.py --out $OUT`.
+
+--dry-run does all of it on the CPU at toy sizes, with Ray declaring one GPU that is not there (its
+trials warn and train on the CPU): it checks the script where there is no CUDA; its figures mean
+nothing. Without CUDA and without --dry-run the script exits with status 1.
 """
 import argparse
+import dataclasses
+import itertools
+import os
+import statistics
 import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
 
+import pandas as pd
+import ray
 import torch
+import torch.nn.functional as F
+import yaml
 
+from hero_bench import cli
 from hero_bench.config import from_dict
 from hero_bench.errors import HeroBenchError
-from hero_bench.train import run_trial
+from hero_bench.train import build, resolve_device, run_trial
+from hero_bench.trials import DEVICE, GPU_IDS, STATUS
 
 NO_EVAL = {"ptq_bits": [], "hessian": {"top_eigenvalue": False, "trace": False}, "weight_noise": {"sigmas": []}}
-# (label, optimizer section, precision)
-RUNS = [
-    ("sgd", {"name": "sgd"}, "fp32"),
-    ("sam", {"name": "sam"}, "fp32"),
-    ("gradnorm", {"name": "gradnorm", "hessian_coef": 0.1}, "fp32"),
-    ("hero fd", {"name": "hero", "hvp": "fd"}, "fp32"),
-    ("hero auto", {"name": "hero", "hvp": "auto"}, "fp32"),
-    ("hero exact", {"name": "hero", "hvp": "exact"}, "fp32"),
+METHODS = [  # (label, optimizer section)
+    ("sgd", {"name": "sgd"}),
+    ("sam", {"name": "sam"}),
+    ("hero fd", {"name": "hero", "hvp": "fd"}),
+    ("hero auto", {"name": "hero", "hvp": "auto"}),
+    ("hero exact", {"name": "hero", "hvp": "exact"}),
 ]
-BF16_RUNS = [
-    ("sgd bf16", {"name": "sgd"}, "bf16"),
-    ("hero auto bf16", {"name": "hero", "hvp": "auto"}, "bf16"),
-]
+PRECISIONS = ("fp32", "bf16")
+SHARES = (1, 0.5, 0.25)  # resources_per_trial.gpu: 1, 2, 4 trials per GPU
+SWEEP_OPTIMIZER = {"name": "hero", "hvp": "auto"}
+VAL_FRACTION = 0.02
 
 
-def trial_config(args, optimizer, precision):
-    return from_dict({
-        "name": "gpu_check",
-        "data": {"name": "synthetic", "val_fraction": 0.02,
-                 "args": {"input_shape": [3, 32, 32], "num_classes": 10, "num_samples": args.samples, "num_test": 1000}},
-        "model": {"name": args.model},
-        "train": {"epochs": args.epochs, "batch_size": 128, "lr": 0.1, "schedule": "cosine", "momentum": 0.9,
-                  "weight_decay": 5e-4, "device": "cuda", "precision": precision},
+@dataclasses.dataclass
+class Sizes:
+    side: int = 32  # image side: CIFAR's
+    samples: int = 5000  # images of the epoch-time and cosine runs
+    epochs: int = 3
+    batch: int = 128
+    cosine_steps: int = 20
+    trials: int = 8  # per sweep
+    sweep_samples: int = 10000
+    sweep_epochs: int = 2
+
+
+DRY = Sizes(side=8, samples=48, epochs=1, batch=16, cosine_steps=2, trials=2, sweep_samples=48, sweep_epochs=1)
+
+
+def experiment(name, sizes, samples, epochs, optimizer, precision, device, threads=None):
+    return {
+        "name": name,
+        "data": {"name": "synthetic", "val_fraction": VAL_FRACTION,
+                 "args": {"input_shape": [3, sizes.side, sizes.side], "num_classes": 10, "num_samples": samples,
+                          "num_test": max(10, samples // 5)}},
+        "model": {"name": "resnet20"},
+        "train": {"epochs": epochs, "batch_size": sizes.batch, "lr": 0.1, "schedule": "cosine", "momentum": 0.9,
+                  "weight_decay": 5e-4, "device": device, "precision": precision, "threads": threads},
         "optimizer": {"radius": 0.5, "hessian_coef": 5.0, "adaptive": True, **optimizer},
         "evaluate": NO_EVAL,
-    })
+    }
 
 
-def measure(args, optimizer, precision):
+def epoch_time(raw):
     """(fastest epoch after the first in seconds, or nan if none finished; final metrics) of one trial."""
     epoch_times = {}  # by epoch: a diverged trial reports its last finished epoch once more
 
@@ -59,39 +99,156 @@ def measure(args, optimizer, precision):
         if "epoch" in metrics:
             epoch_times[metrics["epoch"]] = metrics["epoch_time_s"]
 
-    result = run_trial(trial_config(args, optimizer, precision), report=report)
+    result = run_trial(raw, report=report)
     later = [s for epoch, s in epoch_times.items() if epoch > 1] or list(epoch_times.values())
     return min(later, default=float("nan")), result
 
 
+def fd_exact_cosines(raw, steps):
+    """hero auto's fd-vs-exact cosine at each of the first `steps` steps (a check on every one),
+    up to and including the one after which it switched to exact; and that step, or None."""
+    config = from_dict(raw)
+    device = resolve_device(config.train.device)
+    dataset, model, optimizer = build(config, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.train.precision == "bf16" else nullcontext()
+    model.train()
+    cosines = []
+    batches = dataset.train_batches(config.train.batch_size, torch.Generator().manual_seed(config.train.seed))
+    for inputs, targets in itertools.islice(batches, steps):
+        def closure():
+            with autocast:
+                return F.cross_entropy(model(inputs).float(), targets)
+
+        optimizer.step(closure)
+        cosines.append(optimizer.hvp_check_cosine)
+        if optimizer.hvp_fallback_step is not None:
+            break
+    return cosines, optimizer.hvp_fallback_step
+
+
+def sweep(raw, share, cpus, trials, folder):
+    """Run `raw` as a sweep of `trials` seeds at resources_per_trial {cpu, gpu: share} through the
+    hero-bench command, on the Ray this process started; (seconds, its trials table)."""
+    raw = {**raw, "sweep": {"seeds": list(range(trials)), "resources_per_trial": {"cpu": cpus, "gpu": share}, "max_failures": 0},
+           "tracking": {"wandb": "disabled"}}
+    path = folder / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with tempfile.TemporaryDirectory() as storage:  # Ray's run folders and checkpoints: not worth bringing back
+        started = time.perf_counter()
+        code = cli.main(["sweep", str(path), "--results", str(folder), "--storage", storage, "--overwrite"])
+        seconds = time.perf_counter() - started
+    if code != 0:
+        raise HeroBenchError(f"hero-bench sweep {path} exited with status {code}")
+    return seconds, pd.read_csv(folder / raw["name"] / "trials.csv")
+
+
+def markdown(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
+def guarded(row, measure):
+    """measure(), or `row` completed by the error: a one-shot run keeps every figure it got (a CUDA
+    out-of-memory or a failed sweep costs one row, not the table)."""
+    try:
+        return measure()
+    except Exception as exc:  # noqa: BLE001
+        lines = str(exc).strip().splitlines() or [""]
+        return row + [f"error: {type(exc).__name__}: {lines[-1][:200]}"]
+
+
+def epoch_rows(sizes, device):
+    rows, sgd = [], {}
+    for precision, (label, optimizer) in itertools.product(PRECISIONS, METHODS):
+        def measure():
+            raw = experiment("gpu_check", sizes, sizes.samples, sizes.epochs, optimizer, precision, device)
+            seconds, result = epoch_time(raw)
+            sgd.setdefault(precision, seconds)  # sgd comes first
+            fallback = "" if result.get("hvp_fallback_step") is None else f", fd -> exact at step {result['hvp_fallback_step']}"
+            return [label, precision, f"{seconds:.3f}", f"{seconds / sgd[precision]:.2f}", result["grad_evals"], result["hvp_evals"],
+                    f"{result['peak_mem_mb']:,.0f}", f"{result['train_loss']:.3f}", result[STATUS] + fallback]
+
+        rows.append(guarded([label, precision], measure))
+    return rows
+
+
+def cosine_rows(sizes, device):
+    rows = []
+    for precision in PRECISIONS:
+        def measure():
+            auto = {"name": "hero", "hvp": "auto", "hvp_check_every": 1}
+            cosines, fallback = fd_exact_cosines(experiment("gpu_check", sizes, sizes.samples, 1, auto, precision, device), sizes.cosine_steps)
+            return [precision, len(cosines), f"{min(cosines):.6f}", f"{statistics.median(cosines):.6f}",
+                    "never" if fallback is None else f"after step {fallback}"]
+
+        rows.append(guarded([precision], measure))
+    return rows
+
+
+def throughput_rows(sizes, cpus, folder):
+    rows = []
+    for share in SHARES:
+        per_gpu, resources = round(1 / share), f"{{cpu: {cpus}, gpu: {share}}}"
+
+        def measure():
+            raw = experiment(f"packing-{per_gpu}", sizes, sizes.sweep_samples, sizes.sweep_epochs, SWEEP_OPTIMIZER, "fp32", "auto", cpus)
+            seconds, table = sweep(raw, share, cpus, sizes.trials, folder)
+            placed = ", ".join(sorted(set(table[DEVICE].astype(str) + " " + table[GPU_IDS].astype(str))))
+            return [per_gpu, resources, len(table), (table[STATUS] == "completed").sum(), f"{seconds:.1f}",
+                    f"{60 * len(table) / seconds:.1f}", f"{table['time_per_epoch_s'].mean():.3f}", placed]
+
+        rows.append(guarded([per_gpu, resources], measure))
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per trial, the first being warm-up (default 3)")
-    parser.add_argument("--samples", type=int, default=5000, help="synthetic training images (default 5000)")
-    parser.add_argument("--model", default="resnet20", help="a registered model (default resnet20)")
-    parser.add_argument("--bf16", action="store_true", help="also time sgd and hero (auto) under bf16 autocast")
+    parser.add_argument("--out", default="gpu_check", help="folder for gpu_check.md and the sweeps' results (default gpu_check)")
+    parser.add_argument("--trials", type=int, help=f"trials per sweep (default {Sizes.trials}; {DRY.trials} in a dry run)")
+    parser.add_argument("--dry-run", action="store_true", help="on the CPU at toy sizes, Ray declaring a GPU: checks the script, measures nothing")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit("gpu_check: no CUDA device is available (torch.cuda.is_available() is False); run it on a machine with an NVIDIA GPU")
+    if not args.dry_run and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA device is available (torch.cuda.is_available() is False); run it on a machine "
+                 "with an NVIDIA GPU, or pass --dry-run to check the script on the CPU")
+    sizes = DRY if args.dry_run else Sizes()
+    if args.trials:
+        sizes = dataclasses.replace(sizes, trials=args.trials)
+    device = "cpu" if args.dry_run else "cuda"
+    cpus = max(1, (os.cpu_count() or 1) // 4)  # four trials at a time fit the machine's cores
+    out = Path(args.out)
+    (out / "sweeps").mkdir(parents=True, exist_ok=True)
+    table = out / "gpu_check.md"
+    what = ("DRY RUN on the CPU, Ray declaring one GPU that is not there: the figures mean nothing" if args.dry_run
+            else f"{torch.cuda.get_device_name()} x{torch.cuda.device_count()}, CUDA {torch.version.cuda}")
+    parts = [f"# gpu_check: {what}", f"torch {torch.__version__}, ray {ray.__version__}, {os.cpu_count()} CPUs; "
+             f"resnet20 on synthetic 3x{sizes.side}x{sizes.side} images of 10 classes, batch {sizes.batch}"]
 
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}: {args.model}, batch 128, "
-          f"{args.samples} synthetic 3x32x32 images, {args.epochs} epochs per method")
-    print(f"{'method':<16}{'epoch s':>9}{'x sgd':>7}{'grads':>8}{'hvps':>7}{'peak MB':>9}{'loss':>8}  status")
-    times = {}
-    for label, optimizer, precision in RUNS + (BF16_RUNS if args.bf16 else []):
-        try:
-            seconds, result = measure(args, optimizer, precision)
-        except HeroBenchError as exc:
-            sys.exit(f"gpu_check: {exc}")
-        times[label] = seconds
-        fallback = "" if result.get("hvp_fallback_step") is None else f", fd -> exact at step {result['hvp_fallback_step']}"
-        print(f"{label:<16}{seconds:>9.2f}{seconds / times['sgd']:>7.2f}{result['grad_evals']:>8}{result['hvp_evals']:>7}"
-              f"{result['peak_mem_mb']:>9,.0f}{result['train_loss']:>8.3f}  {result['status']}{fallback}")
-    for hvp in ("fd", "auto", "exact"):
-        print(f"HERO ({hvp}) / SGD epoch time: {times[f'hero {hvp}'] / times['sgd']:.2f}")
-    if args.bf16:
-        print(f"HERO (auto) bf16 / SGD bf16 epoch time: {times['hero auto bf16'] / times['sgd bf16']:.2f}")
+    def add(*texts):  # the file grows section by section: a run cut short still brings back what it measured
+        parts.extend(texts)
+        table.write_text("\n\n".join(parts) + "\n")
+        print("\n\n".join(texts) + "\n", flush=True)
+
+    add(f"## Epoch time\n\n{train_images(sizes.samples)} training images, {sizes.epochs} epochs per run, the fastest after the first.",
+        markdown(["method", "precision", "epoch s", "x sgd", "grads", "hvps", "peak MB", "loss", "status"], epoch_rows(sizes, device)))
+    add(f"## fd vs exact Hessian-vector product\n\nhero auto with a check on every step, the first {sizes.cosine_steps} steps.",
+        markdown(["precision", "checks", "min cosine", "median cosine", "auto switched to exact"], cosine_rows(sizes, device)))
+    torch.cuda.empty_cache()  # what the runs above cached stays out of the sweeps' way
+    ray.init(address="local", num_cpus=4 * cpus, num_gpus=1 if args.dry_run else None, include_dashboard=False, configure_logging=False)
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        rows = throughput_rows(sizes, cpus, out / "sweeps")
+    finally:
+        ray.shutdown()
+    add(f"## Sweep throughput\n\n`hero-bench sweep` of {sizes.trials} hero (auto) trials, {sizes.sweep_epochs} epoch(s) of "
+        f"{train_images(sizes.sweep_samples)} images each, on the {gpus:g} GPU(s) of a local Ray.",
+        markdown(["trials per GPU", "resources_per_trial", "trials", "completed", "sweep s", "trials/min", "trial epoch s",
+                  "device gpu_ids"], rows))
+    print(f"wrote {table}; the sweeps' results are under {out / 'sweeps'}")
     return 0
+
+
+def train_images(samples):
+    return samples - round(VAL_FRACTION * samples)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ called once after every epoch with a checkpointable snapshot of the trial (wheth
 caller's decision), and through `resume` (such a snapshot) to continue a trial where it left off. The metric keys are listed in docs/metrics.md.
 """
 import copy
+import logging
 import math
+import os
 import resource
 import sys
 import time
@@ -18,19 +20,56 @@ from tqdm.auto import tqdm
 from hero_bench import data as datasets
 from hero_bench import methods, metrics, models
 from hero_bench.config import Config, from_dict
-from hero_bench.errors import ConfigError, DivergedError
+from hero_bench.errors import ConfigError, DivergedError, HeroBenchError
+
+# logging, not warnings.warn: Python shows a repeated warning once per process, and a Ray worker
+# runs trial after trial; the GPU warning is owed to each of them
+log = logging.getLogger(__name__)
 
 
 class InjectedFault(RuntimeError):
     """Raised by `train.fail_at_epoch`, so tests can exercise retries from checkpoints."""
 
 
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+def resolve_device(name, gpu_ids=None):
+    """The torch device a trial trains on, for `train.device` = name (auto | cpu | cuda).
+
+    `gpu_ids`: the GPUs a scheduler (a Ray sweep) gave this trial, named as CUDA_VISIBLE_DEVICES names
+    them, or None when no scheduler assigns GPUs (`hero-bench train`). Given an assignment, the trial
+    trains on its first GPU, and `auto` on the CPU when it is empty: never on a GPU it was not given
+    (Ray leaves every GPU visible to a trial that asked for none). A trial given a GPU on a machine
+    where torch finds no CUDA device trains on the CPU under `auto`, and the log says so.
+    """
+    cuda = torch.cuda.is_available()
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" and not cuda:
         raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
+    if gpu_ids is None:
+        return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    if not gpu_ids:
+        if name == "cuda":
+            raise ConfigError("train.device is 'cuda' but this trial was given no GPU; set sweep.resources_per_trial.gpu above 0, or train.device: auto")
+        return torch.device("cpu")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not cuda:
+        log.warning("hero-bench: warning: this trial was given GPU %s (CUDA_VISIBLE_DEVICES=%s) but torch finds no CUDA device "
+                    "(a CPU-only torch build, or no NVIDIA driver on this node): it trains on the CPU, and its device column says cpu",
+                    ",".join(map(str, gpu_ids)), visible)
+        return torch.device("cpu")
+    return torch.device("cuda", cuda_index(gpu_ids[0], visible))
+
+
+def cuda_index(gpu_id, visible):
+    """torch's index of the GPU named `gpu_id`: its position in CUDA_VISIBLE_DEVICES (`visible`: GPU
+    indices or UUIDs, comma-separated), or `gpu_id` itself when that is unset. Ray sets
+    CUDA_VISIBLE_DEVICES to a trial's own GPUs, so its first GPU is cuda:0 in the trial's process."""
+    if visible is None:
+        return int(gpu_id)
+    names = [name.strip() for name in visible.split(",")]
+    if str(gpu_id) not in names:
+        raise HeroBenchError(f"this trial was given GPU {gpu_id}, which CUDA_VISIBLE_DEVICES={visible!r} does not list")
+    return names.index(str(gpu_id))
 
 
 def make_scheduler(optimizer, train):
@@ -107,10 +146,11 @@ def checkpoint_state(model, optimizer, scheduler, generator, epoch, history, res
     })
 
 
-def run_trial(config, report=None, resume=None, progress=False):
+def run_trial(config, report=None, resume=None, progress=False, gpu_ids=None):
     """Train one (configuration, seed) and return its final metrics.
 
-    `config`: a Config or a nested dict (validated here). `report(metrics, state)`: called once
+    `config`: a Config or a nested dict (validated here). `gpu_ids`: the GPUs a scheduler gave the
+    trial (see resolve_device). `report(metrics, state)`: called once
     after each epoch with a snapshot of the trial (None after a diverged epoch), and once with None
     if a resumed trial had nothing left to train. `resume`: such a snapshot to continue from. A NaN/inf loss ends the trial with status 'diverged' and
     the epoch it happened in; it is not an exception for the caller.
@@ -120,7 +160,9 @@ def run_trial(config, report=None, resume=None, progress=False):
     train = config.train
     if train.threads:
         torch.set_num_threads(train.threads)
-    device = resolve_device(train.device)
+    device = resolve_device(train.device, gpu_ids)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # what names no index ("cuda") lands on this trial's GPU too
     if train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.precision is 'bf16' but this CUDA device does not support bfloat16; use fp32")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if train.precision == "bf16" else nullcontext
@@ -143,6 +185,7 @@ def run_trial(config, report=None, resume=None, progress=False):
     if resume is not None:
         result.update(resume["result"])
     result["resumed_from_epoch"] = start_epoch
+    result["device"] = str(device)  # this run's, also when resumed elsewhere
     batches_per_epoch = math.ceil(len(dataset.train_y) / train.batch_size)
     epochs = train.total_epochs
     bar = tqdm(total=(epochs - start_epoch) * batches_per_epoch, desc=config.name, disable=not progress, leave=False)

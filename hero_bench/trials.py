@@ -19,6 +19,7 @@ DATA, MODEL, NOISE, NOISE_KIND = "data.name", "model.name", "data.label_noise", 
 METHOD, RADIUS, COEF = "optimizer.name", "optimizer.radius", "optimizer.hessian_coef"
 LR, EPOCHS, FACTOR, SEED = "train.lr", "train.epochs", "train.compute_factor", "train.seed"
 FAMILY = "family"  # derived, never stored: see `family`
+DEVICE, GPU_IDS = "device", "gpu_ids"  # where a trial trained (text, never metrics): docs/metrics.md
 
 # Config columns every row has, in this order; other swept keys follow them.
 COLUMNS = [NAME, DATA, MODEL, METHOD, RADIUS, COEF, "optimizer.adaptive", "optimizer.hvp",

@@ -86,10 +86,14 @@ def wait_for(condition, proc, collect, timeout):
 
 
 @contextlib.contextmanager
-def loopback_cluster(nodes, cpus_per_node):
+def loopback_cluster(nodes, cpus_per_node, gpus_per_node=0):
     """A Ray cluster of `nodes` nodes on 127.0.0.1, each started by `ray start` (the head with
     --head, the others with --address) as a user would. Yields (address, env): the environment
     under which drivers may join it.
+
+    `gpus_per_node`: the GPUs each node declares (`--num-gpus`). Ray schedules, packs and assigns
+    declared GPUs (ids, CUDA_VISIBLE_DEVICES) whether or not the hardware is there, so a machine
+    without one can play a GPU cluster; only CUDA itself is missing.
 
     The cluster keeps to its own temp folder (Ray writes the address file that `ray.init()` looks
     for in there, so no other Ray on this machine finds it) and its own token (token auth, Ray's
@@ -104,7 +108,7 @@ def loopback_cluster(nodes, cpus_per_node):
 
     def ray_start(*args):
         # every node on one host needs its own agent and metrics ports
-        command = [RAY, "start", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--num-gpus=0",
+        command = [RAY, "start", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", f"--num-gpus={gpus_per_node}",
                    f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}", *args]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stderr[-3000:]}"

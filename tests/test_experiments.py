@@ -11,13 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 import yaml
 
 from hero_bench import cli
 from hero_bench.sweep import space as sweep_space
 from hero_bench import config as config_module
 from hero_bench.train import run_trial
+from hero_bench.trials import GPU_IDS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -176,3 +179,53 @@ def test_gpu_check_without_cuda_exits_non_zero_with_a_clear_message():
                           env=env, cwd=ROOT, timeout=120)
     assert done.returncode == 1 and done.stdout == ""
     assert "no CUDA device" in done.stderr and "Traceback" not in done.stderr
+
+
+def markdown_tables(text):
+    """The table of each '## title' section of a markdown text, as lists of {column: cell} rows."""
+    tables = {}
+    for section in text.split("\n## ")[1:]:
+        lines = [line for line in section.splitlines() if line.startswith("|")]
+        cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+        tables[section.splitlines()[0]] = [dict(zip(cells[0], row)) for row in cells[2:]]
+    return tables
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_measures_every_row_of_its_table_on_the_cpu(tmp_path):
+    """The one-shot GPU check runs whole on a machine without CUDA: every row of its table is
+    measured (the operation counts are the methods' own accounting, docs/methods.md) and its
+    sweeps ran through `hero-bench sweep` on the GPU Ray declared."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    text = (tmp_path / "gpu_check.md").read_text()
+    assert text.startswith("# gpu_check: DRY RUN") and "error:" not in text
+    tables = markdown_tables(text)
+    assert set(tables) == {"Epoch time", "fd vs exact Hessian-vector product", "Sweep throughput"}
+
+    steps = math.ceil((48 - 1) / 16)  # 48 images less one held out for validation, batch 16, one epoch
+    epochs = tables["Epoch time"]
+    assert [(r["method"], r["precision"]) for r in epochs] == [
+        (m, p) for p in ("fp32", "bf16") for m in ("sgd", "sam", "hero fd", "hero auto", "hero exact")]
+    for r in epochs:
+        assert float(r["epoch s"]) > 0 and r["status"].startswith("completed")
+        # grads and Hessian-vector products per step: sgd 1, sam 2, hero fd 3, hero exact 2 + 1;
+        # hero auto checks on its first step (exact and fd: 3 + 1), then fd, or exact if it switched
+        switched = r["status"].endswith("fd -> exact at step 0")
+        expected = {"sgd": (steps, 0), "sam": (2 * steps, 0), "hero fd": (3 * steps, 0), "hero exact": (2 * steps, steps),
+                    "hero auto": (3 + (2 if switched else 3) * (steps - 1), steps if switched else 1)}[r["method"]]
+        assert (int(r["grads"]), int(r["hvps"])) == expected, r
+    cosine = {r["precision"]: r for r in tables["fd vs exact Hessian-vector product"]}
+    assert int(cosine["fp32"]["checks"]) == 2 and cosine["fp32"]["auto switched to exact"] == "never"
+    assert float(cosine["fp32"]["min cosine"]) > 0.999  # docs/methods.md: 1 - cosine about 2e-5 in float32
+    assert 0 < float(cosine["bf16"]["min cosine"]) <= 1
+
+    sweeps = tables["Sweep throughput"]
+    placed = "cuda:0 [0]" if torch.cuda.is_available() else "cpu [0]"  # Ray's declared GPU; no CUDA: the CPU
+    assert [r["trials per GPU"] for r in sweeps] == ["1", "2", "4"]
+    for r in sweeps:
+        assert r["trials"] == r["completed"] == "2" and r["device gpu_ids"] == placed
+        assert float(r["trials/min"]) == pytest.approx(60 * 2 / float(r["sweep s"]), abs=0.1)
+        trials = pd.read_csv(tmp_path / "sweeps" / f"packing-{r['trials per GPU']}" / "trials.csv")
+        assert set(trials[GPU_IDS]) == {"[0]"} and len(trials) == 2

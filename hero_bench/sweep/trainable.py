@@ -1,5 +1,9 @@
 """The Ray Tune function trainable: hero_bench.train.run_trial with per-epoch tune.report and checkpoints.
 
+The trial trains on the GPU Ray gave it (`ray.get_gpu_ids()`, passed to run_trial, which knows no
+Ray), and every report records those ids (`gpu_ids`, e.g. "[0]"; "[]" for none) next to the device
+the trial trained on (`device`).
+
 A checkpoint is one file, `state.pt`, holding the trial's state (tensors and plain data), saved
 every `sweep.checkpoint_every` epochs and after the last one; a retried or resumed trial continues
 from it. It is loaded with torch.load(weights_only=True), so it can never run pickled code.
@@ -7,13 +11,14 @@ from it. It is loaded with torch.load(weights_only=True), so it can never run pi
 import tempfile
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
 from hero_bench import config as config_module
 from hero_bench.sweep.space import trial_params
 from hero_bench.train import run_trial
-from hero_bench.trials import STATUS
+from hero_bench.trials import GPU_IDS, STATUS
 
 STATE_FILE = "state.pt"
 
@@ -34,7 +39,10 @@ def trainable(params, base, recorded=None):
         tune.report({STATUS: row[STATUS], metric: row.get(metric, float("nan"))})
         return
 
+    gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+
     def report(metrics, state):
+        metrics[GPU_IDS] = f"[{', '.join(gpu_ids)}]"  # a list, never a number: no metric to average
         if metrics[STATUS] == "diverged":
             # Ray requires the sweep metric in every result; a diverged trial has no valid value,
             # and NaN is never chosen as best by Ray.
@@ -50,7 +58,7 @@ def trainable(params, base, recorded=None):
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = load_state(folder)
-    run_trial(config, report=report, resume=resume)
+    run_trial(config, report=report, resume=resume, gpu_ids=gpu_ids)
 
 
 def checkpoint_due(epoch, every, epochs):
