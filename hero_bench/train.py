@@ -211,6 +211,8 @@ def run_trial(config, report=None, resume=None, progress=False, gpu_ids=None):
             if epoch == epochs:
                 result.update(final_metrics(model, optimizer, dataset, config, history, device))
         diverged = result["status"] == "diverged"
+        if not diverged:
+            bar.set_postfix_str(f"epoch {epoch}/{epochs}, val_acc {result['val_acc']:.1f}")
         if report is not None:
             state = None if diverged else checkpoint_state(model, optimizer, scheduler, generator, epoch, history, result)
             report(dict(result), state)

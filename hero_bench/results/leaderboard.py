@@ -181,17 +181,28 @@ def leaderboard(df, configs=None):
 
 # -------------------------------------------------------------------------------------- rendering
 
-def _number(value, metric=""):
-    """Accuracies and gaps with 2 decimals (percent points), counts whole, anything else 4 digits."""
+def _decimals(value, metric):
+    """Accuracies, drops and gaps in points with 2 decimals, counts whole, anything else 3 significant digits."""
+    if "acc" in metric or metric.startswith("ptq_drop") or metric == "gen_gap":
+        return 2
+    if metric in ("grad_evals", "hvp_evals", "best_val_epoch"):
+        return 0
+    return int(min(4, max(0, 2 - np.floor(np.log10(abs(value)))))) if value else 2
+
+
+def _setting(value):
+    """A configuration value as written in an experiment file: 0.03, 100, mlp."""
     if pd.isna(value):
         return "–"
-    if not isinstance(value, (float, np.floating)):
-        return str(value)
-    if "acc" in metric or metric == "gen_gap":
-        return f"{value:.2f}"
-    if metric == "grad_evals":
-        return f"{value:.0f}"
-    return f"{value:.4g}"
+    return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def _mean_std(mean, std, metric):
+    """`mean ± std` with both at the mean's precision."""
+    if pd.isna(mean):
+        return "–"
+    places = _decimals(mean, metric)
+    return f"{mean:.{places}f}" + ("" if pd.isna(std) else f" ± {std:.{places}f}")
 
 
 def _display(board):
@@ -209,14 +220,12 @@ def _display(board):
         epoch = board[trials.DIVERGED_EPOCH].map(lambda e: "" if pd.isna(e) else f" (epoch {e:.0f})")
         table[STATUS] = board[STATUS] + epoch
     for c in config:
-        table[c] = board[c].map(_number)
+        table[c] = board[c].map(_setting)
     table["seeds done"] = [f"{done}/{n}" for done, n in zip(board["n_seeds"], board["n_trials"])]
     table["grid"] = board["configurations"].map(lambda n: "–" if pd.isna(n) else f"{n:.0f}")
     table["choice"] = [_flags(tied, edge) for tied, edge in zip(board["tied"], board["edge"])]
     for m in metrics:
-        mean, std = board[f"{m}_mean"], board[f"{m}_std"]
-        table[m] = [_number(a, m) + ("" if pd.isna(a) or pd.isna(s) else f" ± {_number(s, m)}")
-                    for a, s in zip(mean, std)]
+        table[m] = [_mean_std(a, s, m) for a, s in zip(board[f"{m}_mean"], board[f"{m}_std"])]
     for base in ("sgd", "sam"):
         table[f"vs {base} (pts)"] = board[f"gain_vs_{base}"].map(lambda g: "–" if pd.isna(g) else f"{g:+.2f}")
     bold = {(i, "test_acc") for i in board.index[board["best_test_acc"].astype(bool)]}
@@ -252,19 +261,46 @@ def _gain_sentence(group):
 INTRO = ("Per method family, the configuration with the best mean validation accuracy "
          "(test accuracy never chooses; diverged configurations are listed, never chosen). "
          "Metrics are mean ± std over the completed seeds; accuracies in %; "
-         "bold: best test accuracy in the group; gains are differences of mean test accuracy in points.")
+         "bold: best test accuracy in the group; gains are differences of mean test accuracy in points; "
+         "grid: the family's configurations in the group; choice: a validation tie or a choice at the edge of "
+         "its grid. Every metric of every chosen configuration is in leaderboard.csv and leaderboard.html.")
+
+
+# The compact markdown table: short names for the knobs, and the metrics a reader checks first.
+SHORT_NAMES = {trials.METHOD: "method", trials.LR: "lr", trials.RADIUS: "ρ", trials.COEF: "γ", "train.weight_decay": "wd",
+               trials.FACTOR: "epochs x", trials.EPOCHS: "epochs"}
+COMPACT_METRICS = (("val_acc", "val"), ("test_acc", "test"), ("test_acc_at_best_val", "test at best val"),
+                   ("train_acc_noisy", "train (noisy labels)"), ("hessian_top_eig", "λ_max"), ("grad_evals", "grad evals"))
+
+
+def _compact(board):
+    """Board of one group -> (compact table of strings, cells to emphasize, constant config): family,
+    the chosen values of the keys that differ between rows, grid size, seeds, the key metrics as
+    mean ± std, the gain over SGD, and the choice's flags. The full table is in leaderboard.csv/html."""
+    full, bold, same = _display(board)
+    keys = [c for c in board.columns if is_config_key(c) and c not in GROUP_KEYS and c not in same]
+    table = pd.DataFrame(index=board.index)
+    table[FAMILY], table[STATUS] = full[FAMILY], full[STATUS]
+    table["configuration"] = [", ".join(f"{SHORT_NAMES.get(k, k.rsplit('.', 1)[-1])} {_setting(row[k])}"
+                                        for k in keys if not pd.isna(row[k])) or "–" for _, row in board.iterrows()]
+    table["grid"], table["seeds"] = full["grid"], full["seeds done"]
+    for metric, label in COMPACT_METRICS:
+        if f"{metric}_mean" in board:
+            table[label] = [_mean_std(a, s, metric) for a, s in zip(board[f"{metric}_mean"], board[f"{metric}_std"])]
+    table["vs sgd (pts)"], table["choice"] = full["vs sgd (pts)"], full["choice"]
+    return table, {(i, "test") for i, _ in bold}, same
 
 
 def markdown_tables(board, heading="##"):
-    """The leaderboard as markdown: one section and table per (dataset, model, label noise)."""
+    """The leaderboard as markdown: one section and compact table per (dataset, model, label noise)."""
     if board.empty:
         return "No completed or diverged configurations yet.\n"
     out = []
     for title, group in _groups(board):
-        table, bold, same = _display(group)
+        table, bold, same = _compact(group)
         out.append(f"{heading} {title}\n")
         if same:
-            out.append("Same for every row: " + ", ".join(f"`{k}={_number(v)}`" for k, v in same.items()) + "\n")
+            out.append("Same for every row: " + ", ".join(f"`{k}={_setting(v)}`" for k, v in same.items()) + "\n")
         out.append("| " + " | ".join(table.columns) + " |")
         out.append("|" + "|".join("---" for _ in table.columns) + "|")
         for i, row in table.iterrows():
@@ -292,7 +328,7 @@ def to_html(board, title):
         parts.append(f"<h2>{html.escape(name)}</h2>")
         if same:
             parts.append("<p>Same for every row: "
-                         + html.escape(", ".join(f"{k}={_number(v)}" for k, v in same.items())) + "</p>")
+                         + html.escape(", ".join(f"{k}={_setting(v)}" for k, v in same.items())) + "</p>")
         parts.append(cells.to_html(index=False, escape=False, border=0))
         parts.append(f"<p>{html.escape(_gain_sentence(group))}</p>")
     parts.append("</body></html>\n")
