@@ -245,14 +245,14 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(local_ray, tm
 def test_a_full_disk_mid_sweep_keeps_trials_csv_and_resume_completes_it(local_ray, tmp_path, monkeypatch):
     config = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.03, 0.05, 0.07]}, "max_concurrent_trials": 1}))
     trials_csv = tmp_path / "results" / "rel" / "trials.csv"
-    mkstemp = atomic.tempfile.mkstemp
+    temp_file = atomic.temp_file
 
-    def disk_full_once_the_file_exists(*args, dir, **kwargs):
-        if Path(dir) == trials_csv.parent and trials_csv.exists():
+    def disk_full_once_the_file_exists(path):
+        if path == trials_csv and trials_csv.exists():
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return mkstemp(*args, dir=dir, **kwargs)
+        return temp_file(path)
 
-    monkeypatch.setattr(atomic.tempfile, "mkstemp", disk_full_once_the_file_exists)
+    monkeypatch.setattr(atomic, "temp_file", disk_full_once_the_file_exists)
     run = dict(results_root=tmp_path / "results", storage=str(tmp_path / "ray"))
     with pytest.warns(UserWarning, match="No space left on device; the previous file is unchanged; trying again"):
         with pytest.raises(ConfigError, match=rf"cannot write {trials_csv}: No space left on device; the previous file is unchanged"):
