@@ -1,7 +1,7 @@
 """Atomic file writes: a temp file in the target's folder, then os.replace, so a reader (or a crash)
 never sees half a file, and a failed write leaves the previous file as it was."""
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from hero_bench.errors import ConfigError
@@ -13,12 +13,25 @@ def write_atomic(path, data):
     path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = temp_file(path)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it the file
         os.replace(tmp, path)
     except OSError as exc:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; the previous file is unchanged") from None
     return path
+
+
+def temp_file(path):
+    """(fd, path) of a new file beside `path`. Created with mode 0666 less the umask, as any new file
+    is: the rename keeps the temp file's mode, and mkstemp's 0600 would hide results from others."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue

@@ -1,13 +1,15 @@
 """The `hero-bench` command. Sub-commands import what they need lazily, so `train` and `list`
 never load Ray or W&B."""
 import argparse
+import contextlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
 
-from hero_bench.errors import HeroBenchError
+from hero_bench.errors import HeroBenchError, HeroBenchWarning, Interrupted
 
 KINDS = ("datasets", "models", "methods", "metrics")
 
@@ -91,7 +93,8 @@ def cmd_sweep(args):
     owns_ray = not ray.is_initialized()  # a Ray the caller started is the caller's to shut down
     try:
         frame = sweep.run(config, results_root=args.results, address=args.address, storage=args.storage,
-                          resume=args.resume, overwrite=args.overwrite, configs=configs, callbacks=trackers)
+                          resume=args.resume, overwrite=args.overwrite, trust_storage=args.trust_storage,
+                          configs=configs, callbacks=trackers)
         for path in outputs.write(results_dir):
             print(f"wrote {path}")
         for tracker in trackers:
@@ -146,6 +149,9 @@ def parser():
     group = sp.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are not rerun")
     group.add_argument("--overwrite", action="store_true", help="replace the results of an earlier sweep with the same name")
+    sp.add_argument("--trust-storage", action="store_true",
+                    help="with --resume of a sweep with random draws (random or optuna search, distributions): read Ray's "
+                    "pickled experiment state from the storage, which can run code; only for storage you trust like any pickle")
     sp.add_argument("--max-concurrent", type=int, metavar="N", help="override sweep.max_concurrent_trials")
     sp.add_argument("--wandb", choices=("offline", "online", "disabled"), help="override tracking.wandb")
     sp.set_defaults(func=cmd_sweep)
@@ -172,13 +178,34 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        return args.func(args) or 0
+        with one_line_warnings():
+            return args.func(args) or 0
     except HeroBenchError as exc:
         print(f"hero-bench: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"hero-bench: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("hero-bench: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """hero-bench's own warnings print as one line, `hero-bench: warning: ...`."""
+    default = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if issubclass(category, HeroBenchWarning):
+            return f"hero-bench: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
 
 
 if __name__ == "__main__":

@@ -15,3 +15,12 @@ class DatasetNotFoundError(HeroBenchError, FileNotFoundError):
 
 class DivergedError(HeroBenchError, FloatingPointError):
     """The loss became NaN or inf. The trainer stops the trial and records status `diverged`."""
+
+
+class Interrupted(Exception):
+    """The user stopped a command (Ctrl-C, SIGTERM). The message says what was kept and how to go on;
+    the CLI prints it on one line and exits with 130, as a shell does for Ctrl-C."""
+
+
+class HeroBenchWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI prints it on one line."""

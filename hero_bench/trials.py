@@ -2,16 +2,24 @@
 
 A row holds the trial's configuration as dotted YAML keys (the columns of COLUMNS, then every other
 swept key), its bookkeeping (trial_id, status, diverged_epoch, epochs_done) and every metric of its
-last report. The sweep writes rows (`row`); the leaderboard, figures and report read them (`read`).
-Every other module names columns through this module's constants. Columns: docs/results.md.
+last report. The sweep writes rows (`row`); the leaderboard, figures, report and `--resume` read
+them (`read`, `parse`), which validates every row: a damaged one (cut off, garbled, text where a
+number belongs) is skipped with a warning that counts it, never half-used. Every other module names
+columns through this module's constants. Columns: docs/results.md.
 """
+import csv
+import io
+import math
+import numbers
 import re
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from hero_bench import methods
-from hero_bench.errors import HeroBenchError
+from hero_bench.errors import HeroBenchError, HeroBenchWarning
 
 TRIAL_ID, STATUS, DIVERGED_EPOCH, EPOCHS_DONE, ERROR = "trial_id", "status", "diverged_epoch", "epochs_done", "error"
 NAME = "name"
@@ -33,6 +41,9 @@ BOOKKEEPING = (TRIAL_ID, STATUS, DIVERGED_EPOCH)
 # failed: raised (after its retries).
 STATUSES = ("completed", "stopped", "diverged", "failed")
 FINAL_STATUSES = ("completed", "diverged", "stopped")  # a trial in one of these is not run again
+# Config columns that hold numbers in every row; other config columns may hold any text.
+NUMERIC_CONFIG = (RADIUS, COEF, NOISE, LR, EPOCHS, SEED)
+TEXT = (TRIAL_ID, STATUS, ERROR, DEVICE, GPU_IDS)  # the columns besides config columns that hold text; all others are numbers
 # Per-epoch bookkeeping that Ray adds or that only matters while a trial runs; not trial results.
 NOT_METRICS = {
     "epoch", "lr", "epoch_time_s", ERROR, STATUS, "timestamp", "checkpoint_dir_name", "done",
@@ -45,6 +56,10 @@ _DOTTED_KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 class TrialsNotFoundError(HeroBenchError, FileNotFoundError):
     """No trials.csv where one was expected; the message names the path."""
+
+
+class DamagedTableWarning(HeroBenchWarning):
+    """Rows of a trials table were skipped as damaged; the message counts them and says where."""
 
 
 def knobs(config):
@@ -65,16 +80,23 @@ def ran(config):
     return out
 
 
-def row(trial_id, config, params, result=None, error=None):
-    """One row: the trial's config columns (ρ and γ as its method uses them), the swept values
-    `params` (dotted key -> value), its status and its last reported metrics `result`."""
+def config_row(config, params):
+    """A row's config columns: COLUMNS from the trial's Config (ρ and γ as its method uses them),
+    then every other swept key of `params` (dotted key -> value)."""
     radius, coef = knobs(config)
-    out = {TRIAL_ID: trial_id, NAME: config.name, DATA: config.data.name, MODEL: config.model.name,
-           METHOD: config.optimizer.name, RADIUS: radius, COEF: coef, "optimizer.adaptive": config.optimizer.adaptive,
-           "optimizer.hvp": config.optimizer.hvp, "optimizer.hessian_every": config.optimizer.hessian_every,
-           NOISE: config.data.label_noise, NOISE_KIND: config.data.label_noise_kind, LR: config.train.lr,
-           EPOCHS: config.train.epochs, FACTOR: config.train.compute_factor, SEED: config.train.seed}
+    out = {NAME: config.name, DATA: config.data.name, MODEL: config.model.name, METHOD: config.optimizer.name,
+           RADIUS: radius, COEF: coef, "optimizer.adaptive": config.optimizer.adaptive, "optimizer.hvp": config.optimizer.hvp,
+           "optimizer.hessian_every": config.optimizer.hessian_every, NOISE: config.data.label_noise,
+           NOISE_KIND: config.data.label_noise_kind, LR: config.train.lr, EPOCHS: config.train.epochs,
+           FACTOR: config.train.compute_factor, SEED: config.train.seed}
     out.update({key: value for key, value in params.items() if key not in out})
+    return out
+
+
+def row(trial_id, config, params, result=None, error=None):
+    """One row: the trial's config columns (`config_row`), its status and its last reported metrics
+    `result` (numbers, and the text columns of TEXT: every other column of the table holds numbers)."""
+    out = {TRIAL_ID: trial_id, **config_row(config, params)}
     result = result or {}
     if error:
         status = "failed"
@@ -87,10 +109,15 @@ def row(trial_id, config, params, result=None, error=None):
     out[STATUS] = status
     out[DIVERGED_EPOCH] = result.get(DIVERGED_EPOCH)
     out[EPOCHS_DONE] = result.get("epoch", 0) if status != "diverged" else result.get(EPOCHS_DONE)
-    out.update({k: v for k, v in result.items() if k not in NOT_METRICS and k not in out and not isinstance(v, dict)})
+    out.update({k: v for k, v in result.items()
+                if k not in NOT_METRICS and k not in out and (v is None or is_number(v) or k in TEXT)})
     if error:
         out[ERROR] = str(error).strip().splitlines()[-1][:300] if str(error).strip() else "error"
     return out
+
+
+def is_number(value):
+    return isinstance(value, numbers.Number) and not isinstance(value, (bool, np.bool_))
 
 
 def path_of(path):
@@ -100,18 +127,14 @@ def path_of(path):
 
 
 def read(path):
-    """Read trials.csv from a results folder or a file path; fails with one line naming the path."""
-    csv = path_of(path)
-    if not csv.is_file():
-        raise TrialsNotFoundError(f"no trials table at {csv} (run `hero-bench sweep` to create it)")
-    try:
-        df = pd.read_csv(csv)
-    except pd.errors.EmptyDataError:
-        raise HeroBenchError(f"trials table {csv} is empty") from None
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise HeroBenchError(f"trials table {csv} lacks column(s) {', '.join(missing)}")
-    return with_added_columns(df)
+    """The valid rows of trials.csv (a results folder or a file path), for the leaderboard and report.
+    Damaged rows are skipped with one DamagedTableWarning that counts them; a table that cannot be
+    read at all, or has no valid row, fails with one line naming the path."""
+    frame, damaged = parse(path)
+    warn_damaged(path_of(path), damaged)
+    if not len(frame):
+        raise HeroBenchError(f"trials table {path_of(path)} has no valid rows" + (f" ({len(damaged)} damaged)" if damaged else ""))
+    return with_added_columns(frame)
 
 
 def with_added_columns(df):
@@ -119,13 +142,110 @@ def with_added_columns(df):
     return df.assign(**{column: value for column, value in ADDED.items() if column not in df})
 
 
-def recorded(path):
-    """trial_id -> row of the trials in the trials.csv at `path` that ended for good (failed ones
-    are retried by --resume, so they are not kept)."""
-    if not Path(path).exists():
-        return {}
-    frame = pd.read_csv(path, dtype={TRIAL_ID: str})
-    return {r[TRIAL_ID]: r for r in frame.to_dict("records") if r[STATUS] in FINAL_STATUSES}
+def parse(path):
+    """(valid rows as a DataFrame, one 'line N: why' per damaged row) of trials.csv.
+
+    hero-bench writes every row with as many fields as the header, so a row with more or fewer was
+    cut off or garbled. A valid row also has a trial_id seen once, a known status, numbers in every
+    numeric column, and a completed row has its val_acc and test_acc. Fails (HeroBenchError, one
+    line) only when the file as a whole cannot be read: missing, not UTF-8 text, or a header without
+    the required columns."""
+    csv_path = path_of(path)
+    if not csv_path.is_file():
+        raise TrialsNotFoundError(f"no trials table at {csv_path} (run `hero-bench sweep` to create it)")
+    try:
+        lines = csv_path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise HeroBenchError(f"trials table {csv_path} is not a CSV text file (it is not UTF-8)") from None
+    except OSError as exc:
+        raise HeroBenchError(f"cannot read trials table {csv_path}: {exc.strerror or exc}") from None
+    header = fields(lines[0]) if lines else None
+    if not header or header == [""]:
+        raise HeroBenchError(f"trials table {csv_path} is empty")
+    missing = [c for c in REQUIRED if c not in header]
+    if missing or len(set(header)) != len(header):
+        why = f"lacks column(s) {', '.join(missing)}" if missing else "has a column twice"
+        raise HeroBenchError(f"trials table {csv_path} {why}; its header line is damaged or it is not a trials table")
+    numeric = [c for c in header if c in NUMERIC_CONFIG or not (c == NAME or is_config_key(c) or c in TEXT)]
+    good, damaged, seen = [lines[0]], [], set()
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        problem = row_problem(fields(line), header, numeric, seen)
+        if problem:
+            damaged.append(f"line {number}: {problem}")
+        else:
+            good.append(line)
+    frame = pd.read_csv(io.StringIO("\n".join(good) + "\n"), dtype={TRIAL_ID: str})
+    return frame, damaged
+
+
+def fields(line):
+    """A CSV line's fields, or None when it is not CSV (a NUL byte, an open quote)."""
+    try:
+        return next(csv.reader([line], strict=True))
+    except (csv.Error, StopIteration):
+        return None
+
+
+def row_problem(values, header, numeric, seen):
+    """Why a row of the table is damaged, or None."""
+    if values is None:
+        return "not CSV"
+    if len(values) != len(header):
+        return f"{len(values)} fields where the header has {len(header)}"
+    cells = dict(zip(header, values))
+    trial_id, status = cells[TRIAL_ID].strip(), cells[STATUS]
+    if not trial_id or trial_id in seen:
+        return f"trial_id {trial_id!r} " + ("again" if trial_id else "missing")
+    if status not in STATUSES:
+        return f"status {status[:40]!r}"
+    for column in numeric:
+        value = cells[column].strip()
+        if value and not number_text(value):
+            return f"{column} is {value[:40]!r}, not a number"
+    needed = [DATA, MODEL, METHOD, *NUMERIC_CONFIG, *(("val_acc", "test_acc") if status == "completed" else ())]
+    empty = [c for c in needed if not cells[c].strip()]
+    if empty:
+        return f"{status} row without {', '.join(empty)}"
+    seen.add(trial_id)
+    return None
+
+
+def number_text(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return "_" not in text  # float() takes 1_000; pandas would read it as text
+
+
+def warn_damaged(csv_path, damaged):
+    if damaged:
+        shown = "; ".join(damaged[:3]) + ("; ..." if len(damaged) > 3 else "")
+        warnings.warn(DamagedTableWarning(
+            f"skipped {len(damaged)} damaged row(s) of {csv_path} ({shown}); `hero-bench sweep ... --resume` runs their trials again"), stacklevel=3)
+
+
+def config_key(values, columns):
+    """A row's identity by what its trial ran: its `columns` values, written and read back alike
+    (3 and 3.0 are one number, 'True' is True, empty and NaN are None), so a row read from
+    trials.csv and one made from a Config compare equal."""
+    return tuple(canonical(values.get(column)) for column in columns)
+
+
+def canonical(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if is_number(value):
+        return float(value)
+    if value in ("True", "False"):
+        return value == "True"
+    if isinstance(value, str) and number_text(value):
+        return float(value)
+    return str(value)
 
 
 def config_columns(df):

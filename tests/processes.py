@@ -53,11 +53,13 @@ def kill_all(processes, grace=0.0):
 
 
 @contextlib.contextmanager
-def hero_bench_process(args, cwd, env=None):
-    """`hero-bench ARGS` as a real process. `tree` collects the processes it starts (its local Ray);
-    on exit the process and every one of them are gone."""
+def hero_bench_process(args, cwd, env=None, **popen):
+    """`hero-bench ARGS` as a real process (`popen`: more subprocess.Popen arguments, e.g.
+    start_new_session=True to give it a process group of its own that a test can Ctrl-C). `tree`
+    collects the processes it starts (its local Ray); on exit the process and every one of them are gone."""
     log = open(Path(cwd) / f"hero-bench-{len(list(Path(cwd).glob('hero-bench-*.log')))}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "hero_bench.cli", *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "hero_bench.cli", *args], cwd=cwd, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, **popen)
     driver, tree = psutil.Process(proc.pid), {}
 
     def collect():

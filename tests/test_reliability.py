@@ -89,8 +89,12 @@ def test_checkpoints_load_tensors_and_data_but_never_run_pickled_code(tmp_path):
     marker = tmp_path / "code-ran"
     (tmp_path / "evil").mkdir()
     torch.save({"epoch": 1, "model": RunsCode(marker)}, tmp_path / "evil" / trainable.STATE_FILE)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(trainable.UnsafeCheckpointError) as info:
         trainable.load_state(tmp_path / "evil")
+    assert str(info.value).startswith(f"checkpoint {tmp_path / 'evil' / trainable.STATE_FILE} holds more than tensors and plain data")
+    assert not marker.exists()
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):  # what torch alone says
+        torch.load(tmp_path / "evil" / trainable.STATE_FILE, weights_only=True)
     assert not marker.exists()
 
 
@@ -150,6 +154,7 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_or_duplicating_trials(t
         kill_all(list(tree.values()))  # its local Ray goes with it
     before = pd.read_csv(trials_csv, dtype={"trial_id": str})
     assert 2 <= len(before) < len(lrs), "the driver was killed mid-sweep"
+    assert (trials_csv.parent / "sweep.lock").exists()  # left behind, stale: --resume takes it over
 
     with hero_bench_process([*args, "--resume"], tmp_path) as (proc, collect, tree):
         assert wait_for(lambda: proc.poll() is not None, proc, collect, timeout=300)
@@ -160,6 +165,7 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_or_duplicating_trials(t
     assert after["trial_id"].is_unique and sorted(after["train.lr"]) == lrs
     assert set(after["status"]) == {"completed"} and set(after["epochs_done"]) == {3}
     same_rows(before, after)  # finished trials were not run again: same metrics, same timings
+    assert not (trials_csv.parent / "sweep.lock").exists()
 
 
 # ----------------------------------------------------------------------- sweeps in this process
@@ -245,14 +251,14 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(local_ray, tm
 def test_a_full_disk_mid_sweep_keeps_trials_csv_and_resume_completes_it(local_ray, tmp_path, monkeypatch):
     config = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.03, 0.05, 0.07]}, "max_concurrent_trials": 1}))
     trials_csv = tmp_path / "results" / "rel" / "trials.csv"
-    mkstemp = atomic.tempfile.mkstemp
+    temp_file = atomic.temp_file
 
-    def disk_full_once_the_file_exists(*args, dir, **kwargs):
-        if Path(dir) == trials_csv.parent and trials_csv.exists():
+    def disk_full_once_the_file_exists(path):
+        if path == trials_csv and trials_csv.exists():
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return mkstemp(*args, dir=dir, **kwargs)
+        return temp_file(path)
 
-    monkeypatch.setattr(atomic.tempfile, "mkstemp", disk_full_once_the_file_exists)
+    monkeypatch.setattr(atomic, "temp_file", disk_full_once_the_file_exists)
     run = dict(results_root=tmp_path / "results", storage=str(tmp_path / "ray"))
     with pytest.warns(UserWarning, match="No space left on device; the previous file is unchanged; trying again"):
         with pytest.raises(ConfigError, match=rf"cannot write {trials_csv}: No space left on device; the previous file is unchanged"):

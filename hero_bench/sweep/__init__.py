@@ -4,7 +4,9 @@
     trainable  the Ray Tune function trainable around hero_bench.train.run_trial, its checkpoints
     cluster    starting or joining Ray, checking its resources
     tracking   W&B runs of the trials (a Ray Tune callback)
-    runner     the Tuner: search, scheduler, loggers, the trials table, the results folder
+    folder     the results folder: what marks it as a sweep's, its lock, --overwrite
+    resume     --resume of a grid sweep from plain files, without Ray's pickled state
+    runner     the Tuner: search, scheduler, loggers, the trials table, interruptions
 
 This package is the only place that knows Ray exists; hero_bench.train does not.
 """

@@ -1,9 +1,12 @@
-"""The Tuner of a sweep: search algorithm, scheduler, loggers, failure policy, the trials table and
-the results folder. `run` runs (or resumes) a sweep and returns its trials table."""
+"""The Tuner of a sweep: search algorithm, scheduler, loggers, failure policy, the trials table,
+interruptions. `run` checks everything, locks the results folder, runs (or resumes) the sweep and
+returns its trials table."""
 import contextlib
-import json
+import logging
 import os
-import shutil
+import secrets
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -14,9 +17,10 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCall
 
 from hero_bench import trials
 from hero_bench.atomic import write_atomic
-from hero_bench.errors import ConfigError
+from hero_bench.errors import ConfigError, Interrupted
+from hero_bench.sweep import folder, resume as resuming
 from hero_bench.sweep.cluster import check_resources, start_ray
-from hero_bench.sweep.space import TrialConfigs, search_space, trial_params
+from hero_bench.sweep.space import POINT, TrialConfigs, grid_params, search_space, trial_count, trial_id, trial_params
 from hero_bench.sweep.trainable import trainable
 
 # Keeping only the last checkpoints makes Ray snapshot its experiment state at each one; with short
@@ -27,8 +31,10 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 class TrialsTable(tune.Callback):
     """Keeps results/<name>/trials.csv current: rewritten atomically whenever a trial ends.
 
-    Rows are kept by trial_id, so a trial's row is built once (not on every rewrite), a trial never
-    appears twice, and the rows already in the file when a sweep resumes stay as they are.
+    Rows are kept by trial id (a resumed trial keeps its id): the rows in the file when the sweep
+    starts stay as they are, a trial's row is built once, when it ends, and a finished trial's row is
+    never replaced, so no trial appears twice. Only a trial that ends gets a row: one cut short by an
+    interruption has none, and --resume runs it on.
     """
 
     def __init__(self, configs, path):
@@ -36,13 +42,16 @@ class TrialsTable(tune.Callback):
         self.rows = {}
 
     def setup(self, **info):
-        self.rows = trials.recorded(self.path)
+        self.rows = read_rows(self.path)
 
     def add(self, trial, error):
-        if trial.trial_id not in self.rows:
-            self.rows[trial.trial_id] = row(self.configs, trial.trial_id, trial.config, trial.last_result, error)
+        key = trial_id(trial.config, trial.trial_id)
+        old = self.rows.get(key)
+        if old is not None and old[trials.STATUS] in trials.FINAL_STATUSES:
+            return
+        self.rows[key] = row(self.configs, key, trial.config, trial.last_result, error)
         try:
-            write_atomic(self.path, pd.DataFrame(list(self.rows.values())).to_csv(index=False))
+            write_rows(self.path, self.rows)
         except ConfigError as exc:
             # Raised into Ray it would count as a failure of this trial. The sweep goes on (Ray keeps
             # every result) and its final write of trials.csv reports the error if it persists.
@@ -52,26 +61,42 @@ class TrialsTable(tune.Callback):
         self.add(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.add(trial, "error")
+        # the text Ray wrote of the error (error.txt, in the driver's folder), never its pickled error
+        path = trial.error_file
+        self.add(trial, Path(path).read_text() if path and Path(path).is_file() else "error")
 
 
 def row(configs, trial_id, params, result, error):
     return trials.row(trial_id, configs.get(params), trial_params(params), result, error)
 
 
-def make_tune_config(sweep):
-    scheduler, search_alg = None, None
+def read_rows(path):
+    """trial id -> row of every valid row of the trials table at `path` (none if there is none)."""
+    return {r[trials.TRIAL_ID]: r for r in trials.parse(path)[0].to_dict("records")} if Path(path).exists() else {}
+
+
+def write_rows(path, rows):
+    if rows:  # a table without rows would have no header to read back
+        write_atomic(path, pd.DataFrame(list(rows.values())).to_csv(index=False))
+
+
+def make_tune_config(config, num_samples):
+    sweep, scheduler, search_alg = config.sweep, None, None
     if sweep.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=sweep.asha.grace_period, reduction_factor=sweep.asha.reduction_factor)
+        # Rungs by epoch: Ray's training_iteration restarts at 1 in a resumed trial. Every trial ends
+        # at its own last epoch, never at max_t (Ray's default of 100 cut 200-epoch trials in half).
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max(config.train.epochs, sweep.asha.grace_period),
+                                  grace_period=sweep.asha.grace_period, reduction_factor=sweep.asha.reduction_factor,
+                                  stop_last_trials=False)
     if sweep.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch()
     return tune.TuneConfig(
         metric=sweep.metric, mode=sweep.mode, scheduler=scheduler, search_alg=search_alg,
-        num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent_trials,
+        num_samples=num_samples, max_concurrent_trials=sweep.max_concurrent_trials,
         reuse_actors=True,
     )
 
@@ -96,13 +121,22 @@ def ray_loggers(tracking):
     return [JsonLoggerCallback(), CSVLoggerCallback(), *([TBXLoggerCallback()] if tracking.tensorboard else [])]
 
 
-def prepare_results(results_dir, resume, overwrite):
-    """Refuse to mix two sweeps' trials in one folder unless told what to do."""
-    trials_csv = results_dir / "trials.csv"
-    if trials_csv.exists() and not (resume or overwrite):
-        raise ConfigError(f"{results_dir} already holds a sweep's trials.csv; pass --resume to continue it or --overwrite to replace it")
-    if overwrite and results_dir.exists():
-        shutil.rmtree(results_dir)
+class RayResumeAdvice(logging.Filter):
+    """Ray Tune's advice on an interrupted run (Tuner.restore) does not apply: hero-bench's own line
+    says how to go on."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith(("Experiment has been interrupted", "Trials did not complete"))
+
+
+@contextlib.contextmanager
+def ray_resume_advice_muted():
+    logger, advice = logging.getLogger("ray.tune.tune"), RayResumeAdvice()
+    logger.addFilter(advice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(advice)
 
 
 def summarize(frame, sweep, started):
@@ -117,56 +151,109 @@ def summarize(frame, sweep, started):
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """SIGTERM (`kill`, a batch scheduler's stop) ends a running Tuner as Ctrl-C does: Ray Tune stops
+    the trials and the sweep keeps every one that ended. (Set once Ray has started: Ray's own handler
+    would abort the driver.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may handle signals
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(config, *, results_root="results", address=None, storage=None, resume=False, overwrite=False,
-        configs=None, callbacks=()):
+        trust_storage=False, configs=None, callbacks=()):
     """Run (or resume) a sweep and return its trials table. Writes results/<name>/trials.csv.
 
+    Every check (the experiment, its search space, the results folder, what --resume would continue,
+    the Ray address and resources) passes before anything is written or deleted, and the folder is
+    locked for the sweep's lifetime. An interruption (Ctrl-C, SIGTERM) raises Interrupted once every
+    trial that ended is in trials.csv. `trust_storage`: a resume of a sweep with random draws may
+    read Ray's pickled experiment state (see hero_bench.sweep.resume).
     `configs`: the sweep's TrialConfigs, when the caller shares them with its `callbacks` (more Ray
     Tune callbacks, such as W&B tracking)."""
     started = time.time()
     results_dir = Path(results_root).resolve() / config.name
-    meta_path = results_dir / "sweep.json"
-    if resume:
-        if not meta_path.exists():
-            raise ConfigError(f"--resume: nothing to resume, {meta_path} does not exist; run without --resume first")
-        storage = storage or json.loads(meta_path.read_text())["storage"]
-    storage = storage or str(Path("ray_results").resolve())
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
-    experiment = f"{storage.rstrip('/')}/{config.name}"
+    table = results_dir / "trials.csv"
     space = search_space(config)
     configs = configs or TrialConfigs(config)
     configs.check(space)
-    prepare_results(results_dir, resume, overwrite)
+    if trust_storage and not resume:
+        raise ConfigError("--trust-storage applies only to --resume")
+    folder.check(results_dir, resume, overwrite)
+    marker = {"sweep_id": secrets.token_hex(4), "storage": storage, "config": config.to_dict()}
+    restore = resume and grid_params(space) is None  # random draws: only Ray's pickled state knows the trials
+    if resume:
+        stored = folder.read_marker(results_dir)
+        resuming.check_unchanged(stored["config"], config)
+        marker.update(sweep_id=stored["sweep_id"], storage=storage or stored["storage"])
+        if table.exists():
+            trials.parse(table)  # a table that cannot be read at all is refused now, before Ray starts
+        if restore and not trust_storage:
+            raise ConfigError(f"--resume: this sweep draws its trials at random (sweep.search {config.sweep.search} or a "
+                              "distribution), which only Ray's pickled experiment state records; continuing it unpickles "
+                              f"that state from {marker['storage']}, so pass --trust-storage if you trust that folder like any pickle")
+    storage = marker["storage"] or str(Path("ray_results").resolve())
+    marker["storage"] = storage if "://" in storage else str(Path(storage).resolve())
+    experiment = f"{marker['storage'].rstrip('/')}/{config.name}"
     start_ray(address)
     check_resources(config.sweep.resources_per_trial, address)
-    recorded = trials.recorded(results_dir / "trials.csv") if resume else {}
-    fn = tune.with_resources(tune.with_parameters(trainable, base=config, recorded=recorded), vars(config.sweep.resources_per_trial))
-    if resume and not tune.Tuner.can_restore(experiment):
+    if restore and not tune.Tuner.can_restore(experiment):
         raise ConfigError(f"--resume: no Ray experiment state at {experiment}; run without --resume to start afresh")
-
+    lock = folder.prepare(results_dir, resume, overwrite, marker)
     try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(json.dumps({"storage": storage, "experiment": experiment}, indent=2) + "\n")
-    except OSError as exc:
-        raise ConfigError(f"cannot write to {results_dir}: {exc.strerror or exc}; choose another parent folder with --results") from None
-    table = TrialsTable(configs, results_dir / "trials.csv")
-    run_config = tune.RunConfig(
-        name=config.name, storage_path=storage, callbacks=[*ray_loggers(config.tracking), table, *callbacks],
-        failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
-    )
-    if resume:
-        tuner = tune.Tuner.restore(experiment, trainable=fn, resume_errored=True)
-    else:
-        tuner = tune.Tuner(fn, param_space=space, tune_config=make_tune_config(config.sweep), run_config=run_config)
-    with without_auto_loggers():
-        grid = tuner.fit()
-    rows = []
-    for i, r in enumerate(grid):
-        trial_id = r.metrics.get(trials.TRIAL_ID, str(i))
-        rows.append(recorded.get(trial_id) or row(configs, trial_id, r.config, r.metrics, r.error))
-    frame = pd.DataFrame(rows)
-    write_atomic(results_dir / "trials.csv", frame.to_csv(index=False))
+        frame, total = execute(config, configs, space, table, experiment, marker, resume, restore, callbacks)
+    finally:
+        lock.release()
+    if len(frame) < total:
+        again = "run the same command with --resume" + (" in place of --overwrite" if overwrite else "")
+        raise Interrupted(f"interrupted: {len(frame)} of {total} trials finished; {again}")
     print(summarize(frame, config.sweep, started))
     return frame
+
+
+def execute(config, configs, space, table, experiment, marker, resume, restore, callbacks):
+    """Run the sweep's Tuner until every trial has ended or it is interrupted; returns the trials
+    table (written to `table`) and how many trials the sweep has. A resumed grid sweep runs a new
+    Tuner over the trials its plan leaves (hero_bench.sweep.resume); `restore` resumes one through
+    Ray's pickled experiment state instead (Tuner.restore)."""
+    num_samples, checkpoints, recorded = config.sweep.num_samples, {}, None
+    total = trial_count(space, num_samples)
+    if resume and not restore:
+        plan = resuming.plan(config, configs, space, table, experiment, marker["sweep_id"])
+        trials.warn_damaged(table, plan.damaged)
+        rows = {r[trials.TRIAL_ID]: r for r in plan.rows}
+        write_rows(table, rows)  # only the rows kept: a damaged row's trial is run again
+        if not plan.points:
+            return pd.DataFrame(list(rows.values())), len(rows)
+        space, num_samples, checkpoints = {POINT: tune.grid_search(plan.points)}, 1, plan.checkpoints
+        total = len(rows) + len(plan.points)
+    elif restore:
+        recorded = {i: r for i, r in read_rows(table).items() if r[trials.STATUS] in trials.FINAL_STATUSES}
+    fn = tune.with_resources(
+        tune.with_parameters(trainable, base=config, sweep_id=marker["sweep_id"], checkpoints=checkpoints, recorded=recorded),
+        vars(config.sweep.resources_per_trial))
+    if not restore:
+        sheet = TrialsTable(configs, table)
+        run_config = tune.RunConfig(
+            name=config.name, storage_path=marker["storage"], callbacks=[*ray_loggers(config.tracking), sheet, *callbacks],
+            failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
+        )
+        tuner = tune.Tuner(fn, param_space=space, tune_config=make_tune_config(config, num_samples), run_config=run_config)
+    else:
+        # the TrialsTable, like every callback, comes back from the pickled state; it keeps trials.csv
+        tuner = tune.Tuner.restore(experiment, trainable=fn, resume_errored=True)
+    with without_auto_loggers(), ray_resume_advice_muted(), sigterm_as_ctrl_c():
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: Ray stops at once, and the trials that ended are kept
+            pass
+    rows = read_rows(table) if restore else sheet.rows
+    write_rows(table, rows)
+    return pd.DataFrame(list(rows.values())), total

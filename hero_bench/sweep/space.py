@@ -4,9 +4,12 @@
 `{dist: uniform|loguniform|randint|choice, ...}`; `sweep.seeds` is one more grid axis (`train.seed`).
 A list of such grids runs their union: Ray grid-searches one `point` axis whose values are the grids'
 explicit points (each a dict of dotted keys). Every grid value is checked once here, before Ray starts.
+A resumed sweep's trials are such explicit points too; one that continues an earlier trial names it
+under `continues`, and keeps its id (`trial_id`).
 """
 import itertools
 import json
+import math
 
 import pandas as pd
 from ray import tune
@@ -23,6 +26,7 @@ DISTRIBUTIONS = {
     "choice": (("values",), tune.choice),
 }
 POINT = "point"  # the axis of a union of grids
+CONTINUES = "continues"  # in a point of a resumed sweep: the id of the trial it continues
 
 
 def search_space(config):
@@ -102,7 +106,21 @@ def distribution(spec, where):
 
 def trial_params(params):
     """A trial's swept values as one dict of dotted keys (a union sweep nests them under `point`)."""
-    return {**params.get(POINT, {}), **{k: v for k, v in params.items() if k != POINT}}
+    flat = {**params.get(POINT, {}), **{k: v for k, v in params.items() if k != POINT}}
+    flat.pop(CONTINUES, None)
+    return flat
+
+
+def trial_id(params, ray_trial_id):
+    """The id a trial is known by in trials.csv, W&B and its checkpoints: that of the trial it
+    continues (a resumed sweep), else Ray's."""
+    return params.get(POINT, {}).get(CONTINUES) or ray_trial_id
+
+
+def trial_count(space, num_samples):
+    """How many trials Ray runs over `space`: num_samples times every combination of its grid axes."""
+    axes = [spec["grid_search"] for spec in space.values() if isinstance(spec, dict) and set(spec) == {"grid_search"}]
+    return num_samples * math.prod(len(values) for values in axes)
 
 
 def grid_params(space):

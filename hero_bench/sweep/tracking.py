@@ -12,7 +12,7 @@ from pathlib import Path
 from ray import tune
 
 from hero_bench import trials
-from hero_bench.sweep.space import TrialConfigs
+from hero_bench.sweep.space import TrialConfigs, trial_id
 
 INIT_TIMEOUT_S = 30  # online mode without network must not stall a trial for wandb's default 90 s
 
@@ -72,8 +72,9 @@ class WandbTrials(tune.Callback):
         # config:optimizer.radius.
         config = self.configs.get(trial.config)
         family = trials.config_family(config)
+        key = trial_id(trial.config, trial.trial_id)  # a resumed trial goes on with its own run
         self.runs[trial.trial_id] = self.init(
-            id=f"{self.name}-{trial.trial_id}", name=f"{family}-{trial.trial_id}", job_type=family, tags=[family],
+            id=f"{self.name}-{key}", name=f"{family}-{key}", job_type=family, tags=[family],
             config=trials.ran(config), resume="allow",
         )
 

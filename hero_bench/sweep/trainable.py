@@ -4,10 +4,15 @@ The trial trains on the GPU Ray gave it (`ray.get_gpu_ids()`, passed to run_tria
 Ray), and every report records those ids (`gpu_ids`, e.g. "[0]"; "[]" for none) next to the device
 the trial trained on (`device`).
 
-A checkpoint is one file, `state.pt`, holding the trial's state (tensors and plain data), saved
-every `sweep.checkpoint_every` epochs and after the last one; a retried or resumed trial continues
-from it. It is loaded with torch.load(weights_only=True), so it can never run pickled code.
+A checkpoint is a folder of two files, saved every `sweep.checkpoint_every` epochs and after the
+last one: `state.pt`, the trial's state (tensors and plain data), and `trial.json`, which says whose
+it is (the sweep's id, the trial's id and swept values, the epoch) so that --resume can find it
+without Ray's pickled experiment state. A retried trial continues from its last checkpoint, a
+resumed one from the checkpoint --resume found for it. state.pt is loaded with
+torch.load(weights_only=True), so it can never run pickled code.
 """
+import json
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -16,24 +21,34 @@ import torch
 from ray import tune
 
 from hero_bench import config as config_module
+from hero_bench.errors import HeroBenchError
+from hero_bench.sweep.space import trial_id as logical_trial_id
 from hero_bench.sweep.space import trial_params
 from hero_bench.train import run_trial
 from hero_bench.trials import GPU_IDS, STATUS
 
-STATE_FILE = "state.pt"
+STATE_FILE, TRIAL_FILE = "state.pt", "trial.json"
 
 
-def trainable(params, base, recorded=None):
+class UnsafeCheckpointError(HeroBenchError):
+    """A checkpoint holds more than tensors and plain data, so it was not loaded."""
+
+
+def trainable(params, base, sweep_id, checkpoints=None, recorded=None):
     """Train the trial Ray drew (`params`) of the experiment `base` (a Config).
 
-    `recorded`: trial_id -> trials.csv row of trials that ended before the sweep was interrupted.
-    Ray's own snapshot of trial statuses can lag behind that file, so Ray may start such a trial
-    again on --resume; it is not trained again: it reports its recorded status and sweep metric once
-    and ends, and trials.csv keeps its recorded row.
+    `sweep_id`: the sweep's id, written into every checkpoint's trial.json.
+    `checkpoints`: trial id -> checkpoint (path or URI) a resumed trial continues from.
+    `recorded`: trial id -> trials.csv row of trials that ended before a sweep resumed through Ray's
+    own experiment state (--trust-storage) was interrupted. That state can lag behind trials.csv,
+    so Ray may start such a trial again; it is not trained again: it reports its recorded status and
+    sweep metric once and ends, and trials.csv keeps its recorded row.
     """
-    config = config_module.for_trial(base, trial_params(params))
+    trial_id = logical_trial_id(params, tune.get_context().get_trial_id())
+    swept = trial_params(params)
+    config = config_module.for_trial(base, swept)
     metric, every = config.sweep.metric, config.sweep.checkpoint_every
-    row = (recorded or {}).get(tune.get_context().get_trial_id())
+    row = (recorded or {}).get(trial_id)
     if row is not None:
         # one result, so Ray's record of the trial carries its id (Ray adds it) and the sweep metric
         tune.report({STATUS: row[STATUS], metric: row.get(metric, float("nan"))})
@@ -52,12 +67,18 @@ def trainable(params, base, recorded=None):
             return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / STATE_FILE)
+            whose = {"sweep": sweep_id, "trial_id": trial_id, "params": swept, "epoch": metrics["epoch"]}
+            (Path(folder) / TRIAL_FILE).write_text(json.dumps(whose) + "\n")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    resume, checkpoint = None, tune.get_checkpoint()
+    # Ray's own checkpoint of this trial (a retry within this sweep) is newer than the one it resumed from
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None and trial_id in (checkpoints or {}):
+        checkpoint = tune.Checkpoint(checkpoints[trial_id])
+    resume = None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            resume = load_state(folder)
+            resume = load_state(folder, shown_as=f"{checkpoint.path}/{STATE_FILE}")
     run_trial(config, report=report, resume=resume, gpu_ids=gpu_ids)
 
 
@@ -66,6 +87,13 @@ def checkpoint_due(epoch, every, epochs):
     return epoch % every == 0 or epoch == epochs
 
 
-def load_state(folder):
-    """A trial checkpoint's state. weights_only=True: tensors and plain data, never pickled code."""
-    return torch.load(Path(folder) / STATE_FILE, weights_only=True)
+def load_state(folder, shown_as=None):
+    """A trial checkpoint's state. weights_only=True: tensors and plain data, never pickled code;
+    anything else is refused with an error naming the file (`shown_as`, else its path)."""
+    path = Path(folder) / STATE_FILE
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnsafeCheckpointError(
+            f"checkpoint {shown_as or path} holds more than tensors and plain data, so it was not loaded "
+            "(it could run code); delete that checkpoint folder to train the trial again from its start") from None
