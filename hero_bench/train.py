@@ -21,6 +21,12 @@ from hero_bench.config import Config, from_dict
 from hero_bench.errors import ConfigError, DivergedError
 
 
+# The metrics of every epoch's report (docs/metrics.md, "Per epoch"); each report also carries the
+# trial's status, label_noise_realized and resumed_from_epoch, and the last one adds the
+# end-of-training metrics. Ray Tune needs the sweep metric in every report: sweep.metric is one of these.
+EPOCH_METRICS = ("val_acc", "test_acc", "train_acc", "train_loss", "lr", "epoch", "epoch_time_s")
+
+
 class InjectedFault(RuntimeError):
     """Raised by `train.fail_at_epoch`, so tests can exercise retries from checkpoints."""
 
