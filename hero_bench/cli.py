@@ -40,18 +40,6 @@ def format_table(result):
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def describe(config):
-    """One line naming what `hero-bench train` is about to train."""
-    from hero_bench import trials
-
-    radius, coef = trials.knobs(config)
-    d, t = config.data, config.train
-    noise = f", label noise {d.label_noise:g} ({d.label_noise_kind})" if d.label_noise else ""
-    epochs = f"{t.total_epochs} epochs" + (f" ({t.epochs} x {t.compute_factor})" if t.compute_factor > 1 else "")
-    return (f"training {trials.config_family(config)} ({config.optimizer.name}, radius {radius:g}, hessian_coef "
-            f"{coef:g}) on {d.name}{noise} with {config.model.name}: {epochs}, lr {t.lr:g}, seed {t.seed}")
-
-
 def cmd_train(args):
     from hero_bench import config as config_module
     from hero_bench.atomic import write_atomic
@@ -61,7 +49,6 @@ def cmd_train(args):
     out = Path(args.out or Path("runs") / config.name)
     if (out / "metrics.json").exists() and not args.overwrite:
         raise HeroBenchError(f"{out} already holds a trained run; pass --overwrite to replace it or --out to write elsewhere")
-    print(describe(config))
     result = run_trial(config, progress=not args.quiet)
     print(format_table(result))
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ MODELS = Registry("model")
 
 FACTORY_ARGS = ("input_shape", "num_classes")  # what create() gives every model factory; model.args the rest
 MIN_CONV_SIZE = 8  # smallest image side the convolutional models are built for (digits)
+MAX_WIDTH = 2**16  # widest layer a model.args value may ask for: more is a typo (and gigabytes of weights)
 
 
 @contextlib.contextmanager
@@ -33,8 +34,34 @@ def eval_mode(model):
 def create(name, input_shape, num_classes, **model_args):
     """Build model `name` for inputs of shape input_shape (without the batch dimension) and
     num_classes outputs; model_args are the factory's own keyword arguments (model.args)."""
-    MODELS.check(name, model_args, "model.args", skip=FACTORY_ARGS)
+    check_args(name, model_args)
     return MODELS.get(name)(input_shape=tuple(input_shape), num_classes=num_classes, **model_args)
+
+
+def check_args(name, model_args):
+    """Refuse model.args that model `name` cannot be built with, before anything is built (the
+    schema calls this for the experiment and for every sweep trial): keywords its factory does not
+    take, and values its entry in ARG_CHECKS refuses."""
+    MODELS.check(name, model_args, "model.args", skip=FACTORY_ARGS)
+    for arg, value in model_args.items():
+        if arg in ARG_CHECKS.get(name, {}):
+            ARG_CHECKS[name][arg](f"model.args.{arg}", value)
+
+
+def _is_width(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WIDTH
+
+
+def check_widths(key, value):
+    """A list of layer widths, each an integer in [1, MAX_WIDTH]."""
+    if not isinstance(value, (list, tuple)) or not all(_is_width(w) for w in value):
+        raise ConfigError(f"{key} must be a list of integers in [1, {MAX_WIDTH}], got {value!r:.80}")
+
+
+def check_width(key, value):
+    """One layer width: an integer in [1, MAX_WIDTH]."""
+    if not _is_width(value):
+        raise ConfigError(f"{key} must be an integer in [1, {MAX_WIDTH}], got {value!r:.80}")
 
 
 def needs_image(name, input_shape):
@@ -218,3 +245,11 @@ def mobilenet_v2(*, input_shape, num_classes):
     model.features[0][0] = nn.Conv2d(input_shape[0], stem.out_channels, 3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.features[0][0].weight, mode="fan_out")  # torchvision's own init for convs
     return model
+
+
+# model name -> {model.args keyword: check(key, value)}: the values a factory cannot build with,
+# refused by check_args before any trial starts. A new model with arguments adds its entry here.
+ARG_CHECKS = {
+    "mlp": {"hidden": check_widths},
+    "mnist1d_cnn": {"channels": check_width},
+}

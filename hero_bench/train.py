@@ -27,6 +27,12 @@ from hero_bench.errors import ConfigError, DivergedError, HeroBenchError
 log = logging.getLogger(__name__)
 
 
+# The metrics of every epoch's report (docs/metrics.md, "Per epoch"); each report also carries the
+# trial's status, label_noise_realized and resumed_from_epoch, and the last one adds the
+# end-of-training metrics. Ray Tune needs the sweep metric in every report: sweep.metric is one of these.
+EPOCH_METRICS = ("val_acc", "test_acc", "train_acc", "train_loss", "lr", "epoch", "epoch_time_s")
+
+
 class InjectedFault(RuntimeError):
     """Raised by `train.fail_at_epoch`, so tests can exercise retries from checkpoints."""
 
@@ -98,6 +104,16 @@ def build(config, device):
         hessian_warmup_steps=o.hessian_warmup_epochs * math.ceil(len(dataset.train_y) / t.batch_size),
     )
     return dataset, model, optimizer
+
+
+def describe(config):
+    """One line naming the trial: its method with the knobs it uses, data, model, epochs, lr, seed."""
+    radius, coef = methods.METHODS.get(config.optimizer.name).knobs(config.optimizer.radius, config.optimizer.hessian_coef)
+    d, t = config.data, config.train
+    noise = f", label noise {d.label_noise:g} ({d.label_noise_kind})" if d.label_noise else ""
+    epochs = f"{t.total_epochs} epochs" + (f" ({t.epochs} x {t.compute_factor})" if t.compute_factor > 1 else "")
+    return (f"training {config.optimizer.name} (radius {radius:g}, hessian_coef {coef:g}) on {d.name}{noise} with "
+            f"{config.model.name}: {epochs}, lr {t.lr:g}, seed {t.seed}")
 
 
 def peak_memory_mb(device):
@@ -187,6 +203,8 @@ def run_trial(config, report=None, resume=None, progress=False, gpu_ids=None):
     result["resumed_from_epoch"] = start_epoch
     result["device"] = str(device)  # this run's, also when resumed elsewhere
     batches_per_epoch = math.ceil(len(dataset.train_y) / train.batch_size)
+    if progress:
+        print(describe(config), flush=True)
     epochs = train.total_epochs
     bar = tqdm(total=(epochs - start_epoch) * batches_per_epoch, desc=config.name, disable=not progress, leave=False)
     for epoch in range(start_epoch + 1, epochs + 1):
