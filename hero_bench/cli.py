@@ -59,21 +59,23 @@ def cmd_train(args):
 
 
 def cmd_sweep(args):
-    """Run the sweep, write its leaderboard and figures, then the W&B summary run."""
-    import ray
-
+    """Run the sweep, write its leaderboard and figures, then the W&B summary run; end with a summary."""
     from hero_bench import config as config_module
-    from hero_bench import sweep, trials
-    from hero_bench.results import outputs
-    from hero_bench.sweep import tracking
-    from hero_bench.sweep.space import TrialConfigs
 
     overrides = list(args.set)
     if args.max_concurrent is not None:
         overrides.append(f"sweep.max_concurrent_trials={args.max_concurrent}")
     if args.wandb is not None:
         overrides.append(f"tracking.wandb={args.wandb}")
-    config = config_module.load(args.file, overrides)
+    config = config_module.load(args.file, overrides)  # first: a mistake in the file costs no Ray import
+
+    import ray
+
+    from hero_bench import sweep, trials
+    from hero_bench.results import outputs
+    from hero_bench.sweep import tracking
+    from hero_bench.sweep.space import TrialConfigs
+
     results_dir = Path(args.results) / config.name
     configs = TrialConfigs(config)
     trackers = tracking.callbacks(config, results_dir.resolve(), configs)
@@ -81,22 +83,29 @@ def cmd_sweep(args):
     try:
         frame = sweep.run(config, results_root=args.results, address=args.address, storage=args.storage,
                           resume=args.resume, overwrite=args.overwrite, trust_storage=args.trust_storage,
-                          configs=configs, callbacks=trackers)
-        for path in outputs.write(results_dir):
-            print(f"wrote {path}")
+                          configs=configs, callbacks=trackers, verbose=args.verbose)
+        _, skipped = outputs.write(results_dir)
         for tracker in trackers:
             tracker.finish_sweep(results_dir)
     finally:
         if owns_ray and ray.is_initialized():
             ray.shutdown()
+    if skipped:
+        print(f"figures skipped for lack of data: {'; '.join(skipped)}")
+    print(outputs.summary(results_dir))
+    for tracker in trackers:
+        print(tracker.where())
     return 0 if len(frame) and (frame[trials.STATUS] != "failed").all() else 1
 
 
 def cmd_leaderboard(args):
     from hero_bench.results import outputs
 
-    for path in outputs.write(args.path):
+    written, skipped = outputs.write(args.path)
+    for path in written:
         print(f"wrote {path}")
+    for note in skipped:
+        print(f"figure skipped: {note}")
 
 
 def cmd_report(args):
@@ -141,6 +150,8 @@ def parser():
                     "pickled experiment state from the storage, which can run code; only for storage you trust like any pickle")
     sp.add_argument("--max-concurrent", type=int, metavar="N", help="override sweep.max_concurrent_trials")
     sp.add_argument("--wandb", choices=("offline", "online", "disabled"), help="override tracking.wandb")
+    sp.add_argument("--verbose", action="store_true", help="Ray's own output (status tables, every result, "
+                    "its workers' log lines) instead of hero-bench's header and progress line")
     sp.set_defaults(func=cmd_sweep)
 
     sp = sub.add_parser("leaderboard", help="rebuild leaderboards and figures from trials.csv",

@@ -184,7 +184,7 @@ def test_load_trials_names_a_missing_column(tmp_path):
 
 
 def test_write_creates_tables_without_absent_metrics(results):
-    written = outputs.write(results)
+    written, _ = outputs.write(results)
     names = {p.name for p in written}
     assert {"per_config.csv", "leaderboard.csv", "leaderboard.md", "leaderboard.html"} <= names
     assert not [p for p in results.iterdir() if p.name.endswith(".tmp")]  # atomic writes left no temp files

@@ -273,6 +273,17 @@ COMPACT_METRICS = (("val_acc", "val"), ("test_acc", "test"), ("test_acc_at_best_
                    ("train_acc_noisy", "train (noisy labels)"), ("hessian_top_eig", "λ_max"), ("grad_evals", "grad evals"))
 
 
+def configuration_text(row, keys):
+    """`lr 0.1, ρ 0.5, γ 100`: a row's values of `keys`, with short names for the usual knobs."""
+    return ", ".join(f"{SHORT_NAMES.get(k, k.rsplit('.', 1)[-1])} {_setting(row[k])}" for k in keys
+                     if not pd.isna(row[k])) or "–"
+
+
+def varying_keys(board):
+    """The config columns (other than the group's) whose value differs between rows of `board`."""
+    return [c for c in board.columns if is_config_key(c) and c not in GROUP_KEYS and board[c].nunique(dropna=False) > 1]
+
+
 def _compact(board):
     """Board of one group -> (compact table of strings, cells to emphasize, constant config): family,
     the chosen values of the keys that differ between rows, grid size, seeds, the key metrics as
@@ -281,8 +292,7 @@ def _compact(board):
     keys = [c for c in board.columns if is_config_key(c) and c not in GROUP_KEYS and c not in same]
     table = pd.DataFrame(index=board.index)
     table[FAMILY], table[STATUS] = full[FAMILY], full[STATUS]
-    table["configuration"] = [", ".join(f"{SHORT_NAMES.get(k, k.rsplit('.', 1)[-1])} {_setting(row[k])}"
-                                        for k in keys if not pd.isna(row[k])) or "–" for _, row in board.iterrows()]
+    table["configuration"] = [configuration_text(row, keys) for _, row in board.iterrows()]
     table["grid"], table["seeds"] = full["grid"], full["seeds done"]
     for metric, label in COMPACT_METRICS:
         if f"{metric}_mean" in board:

@@ -7,7 +7,7 @@ from hero_bench.results import comparisons, figures, leaderboard
 
 def write(results_dir):
     """Write the outputs into the folder of `results_dir` (a results folder or its trials.csv) and return
-    their paths; figures that lack data are skipped with a printed one-line note."""
+    (their paths, one note per figure skipped for lack of data)."""
     folder = trials.path_of(results_dir).parent
     df = trials.read(results_dir)
     configs = leaderboard.per_config(df)
@@ -21,6 +21,25 @@ def write(results_dir):
                             + comparisons.markdown(paired)),
                write_atomic(folder / "leaderboard.html", leaderboard.to_html(board, title))]
     drawn, skipped = figures.write_figures(configs, folder / "figures")
-    for note in skipped:
-        print(f"figure skipped: {note}")
-    return written + drawn
+    return written + drawn, skipped
+
+
+def summary(results_dir):
+    """What a finished sweep's outputs say, in a few lines: per (dataset, model, label noise) the
+    configuration with the best validation accuracy of any family (a tie named), and where to read more."""
+    folder = trials.path_of(results_dir).parent
+    board = leaderboard.leaderboard(trials.read(results_dir))
+    chosen = board[board[trials.STATUS] == "completed"]
+    lines = ["best by validation accuracy (test accuracy never chooses):"]
+    for group, rows in chosen.groupby(trials.GROUP_KEYS, dropna=False, sort=True):
+        keys = leaderboard.varying_keys(rows) or [trials.LR]
+        best = rows[rows["val_acc_mean"] == rows["val_acc_mean"].max()]
+        top = best.iloc[0]
+        tie = f" (a tie with {', '.join(best[trials.FAMILY].iloc[1:])})" if len(best) > 1 else ""
+        lines.append(f"  {leaderboard.group_title(*group)}: {top[trials.FAMILY]} "
+                     f"({leaderboard.configuration_text(top, keys)}): val {top['val_acc_mean']:.2f}, "
+                     f"test {top['test_acc_mean']:.2f} over {top['n_seeds']:.0f} seeds{tie}")
+    lines.append(f"per family, chosen configurations and paired comparisons: {folder / 'leaderboard.md'} (also .html, "
+                 f".csv); {folder / 'comparisons.csv'}; figures: {folder / 'figures'}; every trial: {folder / 'trials.csv'}")
+    lines.append(f"a report (report.md, and on W&B when logged in): hero-bench report {folder}")
+    return "\n".join(lines)

@@ -18,7 +18,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCall
 from hero_bench import trials
 from hero_bench.atomic import write_atomic
 from hero_bench.errors import ConfigError, Interrupted
-from hero_bench.sweep import folder, resume as resuming
+from hero_bench.sweep import console, folder, resume as resuming
 from hero_bench.sweep.cluster import check_resources, start_ray
 from hero_bench.sweep.space import POINT, TrialConfigs, grid_params, search_space, trial_count, trial_id, trial_params
 from hero_bench.sweep.trainable import trainable
@@ -139,16 +139,11 @@ def ray_resume_advice_muted():
         logger.removeFilter(advice)
 
 
-def summarize(frame, sweep, started):
+def finished(frame, started):
+    """`sweep finished in 139 s: 96 trials (96 completed, 0 stopped, 0 diverged, 0 failed)`"""
     counts = frame[trials.STATUS].value_counts() if len(frame) else {}
     parts = [f"{counts.get(s, 0)} {s}" for s in trials.STATUSES]
-    lines = [f"sweep finished in {time.time() - started:.0f} s: {len(frame)} trials ({', '.join(parts)})"]
-    done = frame[frame[trials.STATUS] == "completed"] if len(frame) else frame
-    if len(done) and sweep.metric in done:
-        best = done.loc[done[sweep.metric].idxmax() if sweep.mode == "max" else done[sweep.metric].idxmin()]
-        keys = [k for k in trials.COLUMNS if k not in (trials.NAME, trials.EPOCHS)]
-        lines.append(f"best by {sweep.metric} ({sweep.mode}): {best[sweep.metric]:.4g} with " + ", ".join(f"{k}={best[k]}" for k in keys))
-    return "\n".join(lines)
+    return f"sweep finished in {time.time() - started:.0f} s: {len(frame)} trials ({', '.join(parts)})"
 
 
 @contextlib.contextmanager
@@ -167,7 +162,7 @@ def sigterm_as_ctrl_c():
 
 
 def run(config, *, results_root="results", address=None, storage=None, resume=False, overwrite=False,
-        trust_storage=False, configs=None, callbacks=()):
+        trust_storage=False, configs=None, callbacks=(), verbose=False):
     """Run (or resume) a sweep and return its trials table. Writes results/<name>/trials.csv.
 
     Every check (the experiment, its search space, the results folder, what --resume would continue,
@@ -176,7 +171,8 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     trial that ended is in trials.csv. `trust_storage`: a resume of a sweep with random draws may
     read Ray's pickled experiment state (see hero_bench.sweep.resume).
     `configs`: the sweep's TrialConfigs, when the caller shares them with its `callbacks` (more Ray
-    Tune callbacks, such as W&B tracking)."""
+    Tune callbacks, such as W&B tracking). `verbose`: Ray's own output as Ray prints it, instead of
+    hero-bench's header and progress (hero_bench.sweep.console)."""
     started = time.time()
     results_dir = Path(results_root).resolve() / config.name
     table = results_dir / "trials.csv"
@@ -201,23 +197,25 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     storage = marker["storage"] or str(Path("ray_results").resolve())
     marker["storage"] = storage if "://" in storage else str(Path(storage).resolve())
     experiment = f"{marker['storage'].rstrip('/')}/{config.name}"
-    start_ray(address)
-    check_resources(config.sweep.resources_per_trial, address)
-    if restore and not tune.Tuner.can_restore(experiment):
-        raise ConfigError(f"--resume: no Ray experiment state at {experiment}; run without --resume to start afresh")
-    lock = folder.prepare(results_dir, resume, overwrite, marker)
-    try:
-        frame, total = execute(config, configs, space, table, experiment, marker, resume, restore, callbacks)
-    finally:
-        lock.release()
+    with console.ray_quiet(verbose):
+        start_ray(address)
+        check_resources(config.sweep.resources_per_trial, address)
+        if restore and not tune.Tuner.can_restore(experiment):
+            raise ConfigError(f"--resume: no Ray experiment state at {experiment}; run without --resume to start afresh")
+        lock = folder.prepare(results_dir, resume, overwrite, marker)
+        try:
+            frame, total = execute(config, configs, space, table, experiment, marker, resume, restore, callbacks,
+                                   verbose, results_dir)
+        finally:
+            lock.release()
     if len(frame) < total:
         again = "run the same command with --resume" + (" in place of --overwrite" if overwrite else "")
         raise Interrupted(f"interrupted: {len(frame)} of {total} trials finished; {again}")
-    print(summarize(frame, config.sweep, started))
+    print(finished(frame, started))
     return frame
 
 
-def execute(config, configs, space, table, experiment, marker, resume, restore, callbacks):
+def execute(config, configs, space, table, experiment, marker, resume, restore, callbacks, verbose, results_dir):
     """Run the sweep's Tuner until every trial has ended or it is interrupted; returns the trials
     table (written to `table`) and how many trials the sweep has. A resumed grid sweep runs a new
     Tuner over the trials its plan leaves (hero_bench.sweep.resume); `restore` resumes one through
@@ -236,14 +234,22 @@ def execute(config, configs, space, table, experiment, marker, resume, restore, 
     elif restore:
         recorded = {i: r for i, r in read_rows(table).items() if r[trials.STATUS] in trials.FINAL_STATUSES}
     fn = tune.with_resources(
-        tune.with_parameters(trainable, base=config, sweep_id=marker["sweep_id"], checkpoints=checkpoints, recorded=recorded),
+        tune.with_parameters(trainable, base=config, sweep_id=marker["sweep_id"], checkpoints=checkpoints, recorded=recorded,
+                             verbose=verbose),
         vars(config.sweep.resources_per_trial))
+    finished_before = total - trial_count(space, num_samples) if resume and not restore else 0
+    progress = []
+    if not verbose:
+        at_once = console.concurrency(config.sweep.resources_per_trial, config.sweep.max_concurrent_trials)
+        print(console.header(config, total, finished_before, at_once, results_dir, experiment), flush=True)
+        progress = [console.Progress(total, finished_before, config.sweep.metric)]
     if not restore:
         sheet = TrialsTable(configs, table)
         run_config = tune.RunConfig(
-            name=config.name, storage_path=marker["storage"], callbacks=[*ray_loggers(config.tracking), sheet, *callbacks],
+            name=config.name, storage_path=marker["storage"],
+            callbacks=[*ray_loggers(config.tracking), sheet, *progress, *callbacks],
             failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1 if verbose else 0,
         )
         tuner = tune.Tuner(fn, param_space=space, tune_config=make_tune_config(config, num_samples), run_config=run_config)
     else:
@@ -254,6 +260,8 @@ def execute(config, configs, space, table, experiment, marker, resume, restore, 
             tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C: Ray stops at once, and the trials that ended are kept
             pass
+    for bar in progress:
+        bar.close()
     rows = read_rows(table) if restore else sheet.rows
     write_rows(table, rows)
     return pd.DataFrame(list(rows.values())), total

@@ -100,6 +100,13 @@ class WandbTrials(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.guarded("run finish", self.end_run, trial, "failed")
 
+    def where(self):
+        """How to see the sweep's W&B runs, in one line."""
+        if self.tracking.wandb == "offline":
+            return (f"W&B: offline runs in {self.dir / 'wandb'}; upload them with `wandb login`, then "
+                    f"`wandb sync {self.dir / 'wandb'}/offline-run-*`")
+        return f"W&B: runs in project {self.tracking.project}, group {self.name}"
+
     def finish_sweep(self, results_dir):
         """One summary run: the leaderboard as a wandb.Table and the figures as images."""
         self.guarded("summary run", self.log_summary, Path(results_dir))

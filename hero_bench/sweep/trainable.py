@@ -22,6 +22,7 @@ from ray import tune
 
 from hero_bench import config as config_module
 from hero_bench.errors import HeroBenchError
+from hero_bench.sweep.console import quiet_trial
 from hero_bench.sweep.space import trial_id as logical_trial_id
 from hero_bench.sweep.space import trial_params
 from hero_bench.train import run_trial
@@ -34,7 +35,7 @@ class UnsafeCheckpointError(HeroBenchError):
     """A checkpoint holds more than tensors and plain data, so it was not loaded."""
 
 
-def trainable(params, base, sweep_id, checkpoints=None, recorded=None):
+def trainable(params, base, sweep_id, checkpoints=None, recorded=None, verbose=False):
     """Train the trial Ray drew (`params`) of the experiment `base` (a Config).
 
     `sweep_id`: the sweep's id, written into every checkpoint's trial.json.
@@ -44,6 +45,7 @@ def trainable(params, base, sweep_id, checkpoints=None, recorded=None):
     so Ray may start such a trial again; it is not trained again: it reports its recorded status and
     sweep metric once and ends, and trials.csv keeps its recorded row.
     """
+    quiet_trial(verbose)
     trial_id = logical_trial_id(params, tune.get_context().get_trial_id())
     swept = trial_params(params)
     config = config_module.for_trial(base, swept)

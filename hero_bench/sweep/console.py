@@ -1,0 +1,145 @@
+"""What a sweep prints while it runs.
+
+By default: a short header (the experiment, how many trials, how many at a time, where the results
+go), then progress. On a terminal that is one bar updated in place (done, running and failed of the
+total, elapsed time, ETA); anywhere else (a pipe, a log file) one plain line per finished trial, with
+its swept values, status and accuracies. Ray's own tables, its per-trial log lines and its notices
+stay quiet; its warnings still show. Nothing printed holds terminal escape codes unless stdout is a
+terminal. `--verbose` gives Ray's output back as Ray prints it.
+"""
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+
+import ray
+from ray import tune
+from tqdm.auto import tqdm
+
+from hero_bench.sweep.space import CONTINUES, trial_params
+from hero_bench.trials import SEED
+
+# Ray's loggers whose INFO lines a sweep's user does not need (a notice at start, a line per checkpoint).
+RAY_CHATTER = ("ray", "ray.tune", "ray.train", "ray._private")
+# The notice that a Ray started by hero-bench itself uses token authentication: about Ray's setup,
+# not the sweep; `ray start` prints it to those who run a cluster themselves.
+RAY_NOTICES = ("ray._private.authentication",)
+# Ray's switches for its output: the "(trainable pid=...)" prefix without colors, and Ray Tune's
+# classic reporter, which verbose=0 silences (the newer one prints its header at any verbosity).
+RAY_QUIET_ENV = {"RAY_COLOR_PREFIX": "0", "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+@contextlib.contextmanager
+def ray_quiet(verbose):
+    """Ray's driver-side output as --verbose asks: silent but for warnings, and the "(trainable
+    pid=...)" prefix of the trials' log lines without escape codes when stdout is not a terminal."""
+    if verbose:
+        yield
+        return
+    levels = {**dict.fromkeys(RAY_CHATTER, logging.WARNING), **dict.fromkeys(RAY_NOTICES, logging.ERROR)}
+    env = {k: v for k, v in RAY_QUIET_ENV.items() if k != "RAY_COLOR_PREFIX" or not sys.stdout.isatty()}
+    saved = {name: logging.getLogger(name).level for name in levels}, {k: os.environ.get(k) for k in env}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, level in saved[0].items():
+            logging.getLogger(name).setLevel(level)
+        for key, value in saved[1].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def quiet_trial(verbose):
+    """In a trial's worker: Ray's INFO lines (one per checkpoint) off unless --verbose."""
+    if not verbose:
+        for name in RAY_CHATTER:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def concurrency(resources, max_concurrent):
+    """How many trials can run at once on the Ray cluster (its CPUs and GPUs over a trial's)."""
+    total = ray.cluster_resources()
+    fits = [math.floor(total.get(kind.upper(), 0) / wanted + 1e-9) for kind, wanted in vars(resources).items() if wanted]
+    at_once = max(1, min(fits)) if fits else 1
+    return min(at_once, max_concurrent) if max_concurrent else at_once
+
+
+def header(config, total, resumed, at_once, results_dir, storage):
+    total_cpus = ray.cluster_resources().get("CPU", 0)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    seeds = len(config.sweep.seeds)
+    trials = f"{total} trials" + (f" ({total // seeds} configurations x {seeds} seeds)" if total % seeds == 0 else "")
+    return (f"hero-bench sweep {config.name}: {trials}" + (f", {resumed} already finished" if resumed else "")
+            + f"; {at_once} at a time on {total_cpus:g} CPUs, {gpus:g} GPUs\n"
+            + f"results: {results_dir} (trials.csv grows as trials end); Ray storage: {storage}")
+
+
+class Progress(tune.Callback):
+    """Ray Tune callback in the sweep driver: counts the trials and shows how far the sweep is."""
+
+    def __init__(self, total, done, metric, stream=None):
+        self.stream = stream or sys.stdout
+        self.total, self.done, self.failed, self.metric = total, done, 0, metric
+        self.running = set()
+        self.started = time.monotonic()
+        self.bar = tqdm(total=total, initial=done, file=self.stream, unit="trial", dynamic_ncols=True) \
+            if self.stream.isatty() else None
+
+    def __getstate__(self):  # Ray pickles callbacks with its experiment state; the bar stays behind
+        return {**self.__dict__, "bar": None, "stream": None}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self.show()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished(trial, trial.last_result.get("status", "completed"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.failed += 1
+        self.finished(trial, "failed")
+
+    def finished(self, trial, status):
+        self.running.discard(trial.trial_id)
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.show()
+            return
+        print(self.line(trial, status), file=self.stream, flush=True)
+
+    def line(self, trial, status):
+        """`[ 12/96, 0:01:40, ETA 0:12:13] completed  optimizer.radius=0.5 ... train.seed=1  val 96.9 test 95.8`"""
+        swept = {k: v for k, v in trial_params(trial.config).items() if k != CONTINUES}
+        values = " ".join(f"{k}={v}" for k, v in swept.items() if k != SEED) + f" {SEED}={swept.get(SEED)}"
+        result = trial.last_result or {}
+        scores = " ".join(f"{name} {result[key]:.2f}" for key, name in (("val_acc", "val"), ("test_acc", "test"))
+                          if isinstance(result.get(key), (int, float)))
+        width = len(str(self.total))
+        return f"[{self.done:>{width}}/{self.total}, {self.clock()}] {status:<9} {values}  {scores}".rstrip()
+
+    def clock(self):
+        elapsed = time.monotonic() - self.started
+        fresh = self.done - (self.bar.initial if self.bar is not None else 0)
+        eta = elapsed / max(fresh, 1) * (self.total - self.done)
+        return f"{_hms(elapsed)}, ETA {_hms(eta)}" if self.done < self.total else _hms(elapsed)
+
+    def show(self):
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"running {len(self.running)}, failed {self.failed}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _hms(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
