@@ -68,6 +68,11 @@ def _figure(rows, columns, title, width=4.8, height=3.8, **kwargs):
     return fig, axes
 
 
+def _legend(ax):
+    """The families' legend beside the last panel, where it hides no point."""
+    ax.legend(title=FAMILY, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+
+
 # ------------------------------------------------------------------------------------- one figure
 # Each takes (configs, chosen, title) of one (dataset, model) and returns a Figure or the reason
 # it has nothing to draw.
@@ -159,7 +164,7 @@ def ptq(configs, chosen, title):
             ax.set_title(f"{_setting_label(setting)}, {'per channel' if suffix else 'per tensor'}", fontsize=9)
             ax.grid(alpha=0.3)
         axes_row[0].set_ylabel("test accuracy (%)")
-    axes[0][0].legend(title=FAMILY, fontsize=8)
+    _legend(axes[0][-1])
     return fig
 
 
@@ -194,7 +199,7 @@ def label_noise(configs, chosen, title):
         ax.set_xlabel("training label-noise rate p")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(title=FAMILY, fontsize=8)
+    _legend(axes[0][-1])
     return fig
 
 
@@ -219,7 +224,7 @@ def hessian(configs, chosen, title):
                color=_color(family, families), label=family)
     ax.set_xticks(np.arange(len(settings)), [_setting_label(s) for s in settings])
     ax.set_ylabel("top eigenvalue λ_max")
-    ax.legend(title=FAMILY, fontsize=8)
+    _legend(ax)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
@@ -230,7 +235,9 @@ COMPUTE_AXES = (("grad_evals", "gradient evaluations per trial"), ("time_total_s
 
 def compute(configs, chosen, title):
     """Every completed configuration's test accuracy (95% interval over seeds) against its cost;
-    ringed: the configurations chosen by validation. The y axis's span is in its label."""
+    ringed: the configurations chosen by validation. Families at the same cost (SAM and sgd_2x, HERO
+    and sgd_3x) sit side by side; the y axis spans the chosen configurations' intervals, the number of
+    configurations below it is in each panel's title, and the axis's span in points in its label."""
     done = configs[configs[STATUS] == "completed"]
     axis = next(((key, label) for key, label in COMPUTE_AXES
                  if f"{key}_mean" in done and done[f"{key}_mean"].notna().any()), None)
@@ -244,23 +251,28 @@ def compute(configs, chosen, title):
     fig, axes = _figure(1, len(settings), f"{title}: test accuracy vs compute (bars: 95% intervals over seeds; "
                         "ringed: chosen by validation)", sharey=True)
     families = family_order(done[FAMILY])
+    shift = {f: 1 + 0.02 * (k - (len(families) - 1) / 2) for k, f in enumerate(families)}
     for ax, setting in zip(axes[0], settings):
-        at = _at(done, setting)
+        at, best = _at(done, setting), _at(chosen, setting)
         for family in families:
             rows = at[at[FAMILY] == family]
-            ax.errorbar(rows[f"{key}_mean"], rows["test_acc_mean"], yerr=rows["test_acc_ci95"].fillna(0), fmt="o",
-                        capsize=2, color=_color(family, families), alpha=0.7, label=family)
-        best = _at(chosen, setting)
-        ax.scatter(best[f"{key}_mean"], best["test_acc_mean"], s=160, facecolors="none", edgecolors="black")
+            ax.errorbar(rows[f"{key}_mean"] * shift[family], rows["test_acc_mean"], yerr=rows["test_acc_ci95"].fillna(0),
+                        fmt="o", capsize=2, color=_color(family, families), alpha=0.7, label=family)
+        ax.scatter(best[f"{key}_mean"] * best[FAMILY].map(shift), best["test_acc_mean"], s=160, facecolors="none",
+                   edgecolors="black")
+        ci = best["test_acc_ci95"].fillna(0)
+        low = max(0.0, (best["test_acc_mean"] - ci).min() - 1)
+        ax.set_ylim(low, min(100.0, (best["test_acc_mean"] + ci).max() + 1))
+        below = int((at["test_acc_mean"] < low).sum())
         x = done[f"{key}_mean"]
         if x.min() > 0 and x.max() / x.min() > 20:
             ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.set_title(_setting_label(setting), fontsize=9)
+        ax.set_title(_setting_label(setting) + (f"; {below} configurations below the axis" if below else ""), fontsize=9)
         ax.grid(alpha=0.3)
     low, high = axes[0][0].get_ylim()
     axes[0][0].set_ylabel(f"test accuracy (%); the axis spans {high - low:.1f} points")
-    axes[0][0].legend(title=FAMILY, fontsize=8)
+    _legend(axes[0][-1])
     return fig
 
 
