@@ -116,6 +116,15 @@ def row(trial_id, config, params, result=None, error=None):
     return out
 
 
+def table(rows):
+    """The trials table of `rows` (dicts from `row`), the same for the same rows whatever order
+    trials ended in: rows by trial id, columns in the order of the first completed row (a diverged or
+    failed trial reports fewer metrics, in another order), then any other column in order of appearance."""
+    rows = sorted(rows, key=lambda r: str(r[TRIAL_ID]))
+    first = sorted(rows, key=lambda r: r[STATUS] != "completed")
+    return pd.DataFrame(rows, columns=list(dict.fromkeys(k for r in first for k in r)))
+
+
 def is_number(value):
     return isinstance(value, numbers.Number) and not isinstance(value, (bool, np.bool_))
 

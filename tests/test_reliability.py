@@ -30,7 +30,7 @@ from hero_bench.train import run_trial
 from processes import free_port, hero_bench_process, kill_all, wait_for
 from tiny import experiment
 
-TIMING_COLUMNS = ["time_per_epoch_s", "samples_per_s", "peak_mem_mb", "train_time_s", "eval_time_s"]
+TIMING_COLUMNS = ["time_per_epoch_s", "samples_per_s", "peak_mem_mb", "train_time_s", "eval_time_s", "cpu_time_s"]
 
 
 def write_experiment(folder, **sections):

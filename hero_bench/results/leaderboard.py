@@ -90,14 +90,14 @@ def select_best(configs):
     """
     eligible = (configs[STATUS] == "completed") & configs["val_acc_mean"].notna()
     chosen = []
-    for _, family in configs.groupby(GROUP_KEYS + [FAMILY], dropna=False, sort=False):
-        done = family[eligible.loc[family.index]]
+    for _, members in configs.groupby(GROUP_KEYS + [FAMILY], dropna=False, sort=False):
+        done = members[eligible.loc[members.index]]
         if done.empty:
             continue
         tied = done[np.isclose(done["val_acc_mean"], done["val_acc_mean"].max(), rtol=0, atol=1e-9)]
         cost = tied["grad_evals_mean"] if "grad_evals_mean" in tied else pd.Series(0, index=tied.index)
         best = tied.loc[cost.sort_values(kind="stable").index[0]].copy()
-        best["configurations"], best["tied"], best["edge"] = len(family), len(tied), _edge(best, family)
+        best["configurations"], best["tied"], best["edge"] = len(members), len(tied), _edge(best, members)
         chosen.append(best)
     return pd.DataFrame(chosen).reset_index(drop=True) if chosen else configs.iloc[:0].assign(
         configurations=[], tied=[], edge=[])

@@ -11,7 +11,6 @@ import time
 import warnings
 from pathlib import Path
 
-import pandas as pd
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
@@ -77,7 +76,7 @@ def read_rows(path):
 
 def write_rows(path, rows):
     if rows:  # a table without rows would have no header to read back
-        write_atomic(path, pd.DataFrame(list(rows.values())).to_csv(index=False))
+        write_atomic(path, trials.table(rows.values()).to_csv(index=False))
 
 
 def make_tune_config(config, num_samples):
@@ -198,7 +197,7 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     marker["storage"] = storage if "://" in storage else str(Path(storage).resolve())
     experiment = f"{marker['storage'].rstrip('/')}/{config.name}"
     with console.ray_quiet(verbose):
-        start_ray(address)
+        start_ray(address, log_to_driver=verbose)
         check_resources(config.sweep.resources_per_trial, address)
         if restore and not tune.Tuner.can_restore(experiment):
             raise ConfigError(f"--resume: no Ray experiment state at {experiment}; run without --resume to start afresh")
@@ -228,7 +227,7 @@ def execute(config, configs, space, table, experiment, marker, resume, restore, 
         rows = {r[trials.TRIAL_ID]: r for r in plan.rows}
         write_rows(table, rows)  # only the rows kept: a damaged row's trial is run again
         if not plan.points:
-            return pd.DataFrame(list(rows.values())), len(rows)
+            return trials.table(rows.values()), len(rows)
         space, num_samples, checkpoints = {POINT: tune.grid_search(plan.points)}, 1, plan.checkpoints
         total = len(rows) + len(plan.points)
     elif restore:
@@ -264,4 +263,4 @@ def execute(config, configs, space, table, experiment, marker, resume, restore, 
         bar.close()
     rows = read_rows(table) if restore else sheet.rows
     write_rows(table, rows)
-    return pd.DataFrame(list(rows.values())), total
+    return trials.table(rows.values()), total
