@@ -17,7 +17,7 @@ def write(results_dir):
                write_atomic(folder / "leaderboard.csv", board.to_csv(index=False)),
                write_atomic(folder / "leaderboard.md", leaderboard.to_markdown(board, title)),
                write_atomic(folder / "leaderboard.html", leaderboard.to_html(board, title))]
-    drawn, skipped = figures.write_figures(configs, folder / "figures")
+    drawn, skipped = figures.write_figures(configs, folder / "figures", df)
     for note in skipped:
         print(f"figure skipped: {note}")
     return written + drawn
