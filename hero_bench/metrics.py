@@ -163,7 +163,7 @@ def density_from_json(text):
 @METRICS.register("hessian")
 def evaluate_hessian(model, data, evaluate, seed):
     """hessian_top_eig, hessian_trace and hessian_density (JSON text, see density_to_json) of the mean
-    cross-entropy on the seed's training sample, all from one gradient graph (hessian_curvature).
+    cross-entropy on the seed's training sample, all from one setup (hessian_curvature).
 
     With samples <= batch_size the gradient graph is built once and reused (about 1.6x faster per
     product); with more samples it is rebuilt batch by batch on every product.

@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -301,3 +302,26 @@ def test_hessian_functions_reject_bad_counts_before_any_work():
         hessian.hessian_density(model, F.cross_entropy, batches, runs=0)
     with pytest.raises(ConfigError, match="evaluate.hessian.tol"):
         hessian.hessian_top_eigenvalue(model, F.cross_entropy, batches, tol=0)
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_sweep_carries_each_trials_density_into_trials_csv_and_draws_the_density_figure(tmp_path):
+    from hero_bench import sweep
+    from hero_bench.results import outputs
+    from hero_bench.train import run_trial
+    from tiny import experiment
+
+    raw = experiment(name="density", evaluate={"hessian": {"samples": 64, "top_eigenvalue": False, "trace": False,
+                                                           "density": {"runs": 2, "steps": 5}}},
+                     sweep={"space": {"optimizer.name": ["sgd", "sam"]}, "seeds": [0]})
+    base = config.from_dict(raw)
+    sweep.run(base, results_root=tmp_path, storage=str(tmp_path / "ray"))
+    outputs.write(tmp_path / "density")
+    written = pd.read_csv(tmp_path / "density" / "trials.csv")
+    assert sorted(written["optimizer.name"]) == ["sam", "sgd"]
+    for _, row in written.iterrows():
+        direct = run_trial(config.for_trial(base, {"optimizer.name": row["optimizer.name"], "train.seed": 0}))
+        assert row["hessian_density"] == direct["hessian_density"]  # as the trial computed it, through tune.report
+        nodes, weights = metrics.density_from_json(row["hessian_density"])
+        assert len(nodes) == 10 and weights.sum() == pytest.approx(1.0, abs=1e-6)
+    assert (tmp_path / "density" / "figures" / "density_synthetic_mlp.png").is_file()
