@@ -262,9 +262,9 @@ def report_eig(label, model, x, y, repeats):
     base = results["PyHessian"]
     for name, rows in results.items():
         errors = [abs(value - reference) / abs(reference) for value, _, _ in rows]
-        print(f"  {name:25s} time {median(rows, 1):7.3f} s  HVPs {median(rows, 2):5.1f} "
-              f"(min {min(r[2] for r in rows)}, max {max(r[2] for r in rows)})  max rel. error {max(errors):.1e}  "
-              f"time ratio to PyHessian {median(rows, 1) / median(base, 1):.2f}", flush=True)
+        print(f"  {name:25s} time {median(rows, 1):7.3f} s ({min(r[1] for r in rows):.3f}-{max(r[1] for r in rows):.3f})  "
+              f"HVPs {median(rows, 2):4.1f} ({min(r[2] for r in rows)}-{max(r[2] for r in rows)})  max rel. error "
+              f"{max(errors):.1e}  time ratio to PyHessian {median(rows, 1) / median(base, 1):.2f}", flush=True)
     return results
 
 
