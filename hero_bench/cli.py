@@ -36,6 +36,8 @@ def cmd_list(args):
 
 def format_table(result):
     rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in result.items() if k != "error"]
+    # long text (hessian_density's JSON) is shortened here; metrics.json keeps it whole
+    rows = [(k, v if len(v) <= 60 else f"{v[:50]}... ({len(v)} characters)") for k, v in rows]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -89,14 +89,21 @@ class OptimizerConfig:
 
 
 @dataclass
+class DensityConfig:
+    runs: int = 1  # stochastic Lanczos quadrature: independent Lanczos runs ...
+    steps: int = 100  # ... of this many Hessian-vector products each (PyHessian's defaults)
+
+
+@dataclass
 class HessianConfig:
     top_eigenvalue: bool = True
     trace: bool = True
     samples: int = 512
     probes: int = 32
-    tol: float = 1e-3
+    tol: float = 1e-3  # relative error bound of the top eigenvalue (Lanczos)
     max_iter: int = 100
     batch_size: int = 512  # batches of the Hessian sample; one batch (>= samples) lets each HVP reuse the gradient graph
+    density: DensityConfig | None = None  # the spectral density (hessian_density); null: not computed
 
 
 @dataclass
@@ -204,6 +211,8 @@ RANGES = {
     "evaluate.hessian.tol": (0, None, False, None),
     "evaluate.hessian.max_iter": (1, 100_000, True, True),
     "evaluate.hessian.batch_size": (1, 2**20, True, True),
+    "evaluate.hessian.density.runs": (1, 10_000, True, True),
+    "evaluate.hessian.density.steps": (1, 100_000, True, True),
     "evaluate.weight_noise.sigmas": (0, None, True, None),
     "evaluate.weight_noise.draws": (1, 10_000, True, True),
     "sweep.seeds": (0, MAX_SEED, True, True),
@@ -218,7 +227,15 @@ RANGES = {
 }
 
 
+def _section(tp):
+    """The dataclass of a section's type hint (`X` or an optional `X | None`), else None."""
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return next((option for option in options if dataclasses.is_dataclass(option)), None)
+
+
 def _type_name(tp):
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(t) for t in typing.get_args(tp))
     if typing.get_origin(tp) is list:
@@ -247,6 +264,8 @@ def _coerce(value, tp, key):
     a float must be finite (NaN passes every `<` check); a mapping's keys must be text."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
+        if isinstance(value, dict) and _section(tp) is not None:
+            return _build(_section(tp), value, key + ".")  # an optional section: its own keys' errors
         for option in typing.get_args(tp):
             container = list if typing.get_origin(option) is list else dict if option is dict else None
             if container is not None and isinstance(value, container):
@@ -378,9 +397,9 @@ def check_value(key, value):
         if part not in names:
             raise ConfigError(f"unknown key {_show(key)}: {_show('.'.join(parts[:depth + 1]))} is not in the schema; allowed: {', '.join(names)}")
         hint = typing.get_type_hints(cls)[part]
-        if depth == len(parts) - 1 or not dataclasses.is_dataclass(hint):
+        if depth == len(parts) - 1 or _section(hint) is None:
             break
-        cls = hint
+        cls = _section(hint)
     if depth < len(parts) - 1:
         if not (hint is dict or dict in typing.get_args(hint)):
             raise ConfigError(f"unknown key {_show(key)}: {_show('.'.join(parts[:depth + 1]))} is a value, not a section")
@@ -492,7 +511,7 @@ def set_dotted(raw, key, value):
             node[part] = value
             return raw
         hint = typing.get_type_hints(cls)[part]
-        if not dataclasses.is_dataclass(hint):
+        if _section(hint) is None:
             # a free-form mapping such as model.args or sweep.space: any sub-key is allowed
             if hint is dict or dict in typing.get_args(hint):
                 # its keys are themselves dotted config keys in sweep.space
@@ -508,10 +527,12 @@ def set_dotted(raw, key, value):
                         sub = sub.setdefault(name, {})
                 return raw
             raise ConfigError(f"unknown key {_show(key)}: {_show('.'.join(parts[:depth + 1]))} is a value, not a section")
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an optional section left null: setting a key opens it
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"{'.'.join(parts[:depth + 1])} must be a mapping")
-        cls = hint
+        cls = _section(hint)
 
 
 def read_yaml(path):

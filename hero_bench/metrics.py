@@ -8,14 +8,18 @@ The public functions (quantize_weights, ptq_accuracy, weight_noise_accuracy and 
 estimators of hero_bench.hessian, re-exported here) check their own arguments.
 """
 import copy
+import json
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hero_bench.config import EvaluateConfig, from_dict
 from hero_bench.errors import ConfigError
-from hero_bench.hessian import hessian_sample, hessian_top_eigenvalue, hessian_top_k, hessian_trace  # noqa: F401
+from hero_bench.hessian import (  # noqa: F401
+    hessian_curvature, hessian_density, hessian_sample, hessian_top_eigenvalue, hessian_top_k, hessian_trace,
+)
 from hero_bench.models import eval_mode
 from hero_bench.registry import Registry
 
@@ -144,29 +148,45 @@ def evaluate_ptq(model, data, evaluate, seed):
     return results
 
 
+DENSITY_KEY = "hessian_density"
+
+
+def density_to_json(nodes, weights):
+    """The `hessian_density` value: {"nodes": [θ...], "weights": [τ...]} as one JSON string (a trial's
+    density is no scalar; trials.csv keeps it as text), 7 significant digits."""
+    return json.dumps({"nodes": [float(f"{t:.7g}") for t in nodes.tolist()],
+                       "weights": [float(f"{w:.7g}") for w in weights.tolist()]})
+
+
+def density_from_json(text):
+    """(nodes, weights) as float64 numpy arrays from a `hessian_density` value."""
+    value = json.loads(text)
+    return np.array(value["nodes"], dtype=float), np.array(value["weights"], dtype=float)
+
+
 @METRICS.register("hessian")
 def evaluate_hessian(model, data, evaluate, seed):
-    """hessian_top_eig and hessian_trace of the mean cross-entropy on the seed's training sample.
+    """hessian_top_eig, hessian_trace and hessian_density (JSON text, see density_to_json) of the mean
+    cross-entropy on the seed's training sample, all from one setup (hessian_curvature).
 
     With samples <= batch_size the gradient graph is built once and reused (about 1.6x faster per
     product); with more samples it is rebuilt batch by batch on every product.
     """
     cfg = evaluate.hessian
-    if not (cfg.top_eigenvalue or cfg.trace):
+    if not (cfg.top_eigenvalue or cfg.trace or cfg.density):
         return {}
     batches = hessian_sample(data, cfg.samples, cfg.batch_size, seed)
     # evaluate.hessian.batch_size bounds the memory: one batch's graph is held during a product
     # anyway, so keeping it costs nothing extra; several batches' graphs would be held all at once.
-    keep_graph = len(batches) == 1
-    results = {}
-    if cfg.top_eigenvalue:
-        results["hessian_top_eig"] = hessian_top_eigenvalue(
-            model, F.cross_entropy, batches, tol=cfg.tol, max_iter=cfg.max_iter, seed=seed, keep_graph=keep_graph
-        )
-    if cfg.trace:
-        results["hessian_trace"] = hessian_trace(
-            model, F.cross_entropy, batches, probes=cfg.probes, seed=seed, keep_graph=keep_graph
-        )
+    density = (cfg.density.runs, cfg.density.steps) if cfg.density else None
+    values = hessian_curvature(
+        model, F.cross_entropy, batches, top_eigenvalue=cfg.top_eigenvalue, trace=cfg.trace, density=density,
+        tol=cfg.tol, max_iter=cfg.max_iter, probes=cfg.probes, seed=seed, keep_graph=len(batches) == 1,
+    )
+    keys = {"top_eigenvalue": "hessian_top_eig", "trace": "hessian_trace"}
+    results = {keys[name]: value for name, value in values.items() if name in keys}
+    if "density" in values:
+        results[DENSITY_KEY] = density_to_json(*values["density"])
     return results
 
 

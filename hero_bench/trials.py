@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from hero_bench import methods
+from hero_bench.metrics import DENSITY_KEY
 from hero_bench.errors import HeroBenchError, HeroBenchWarning
 
 TRIAL_ID, STATUS, DIVERGED_EPOCH, EPOCHS_DONE, ERROR = "trial_id", "status", "diverged_epoch", "epochs_done", "error"
@@ -43,7 +44,8 @@ STATUSES = ("completed", "stopped", "diverged", "failed")
 FINAL_STATUSES = ("completed", "diverged", "stopped")  # a trial in one of these is not run again
 # Config columns that hold numbers in every row; other config columns may hold any text.
 NUMERIC_CONFIG = (RADIUS, COEF, NOISE, LR, EPOCHS, SEED)
-TEXT = (TRIAL_ID, STATUS, ERROR, DEVICE, GPU_IDS)  # the columns besides config columns that hold text; all others are numbers
+# the columns besides config columns that hold text (the Hessian density is JSON); all others are numbers
+TEXT = (TRIAL_ID, STATUS, ERROR, DEVICE, GPU_IDS, DENSITY_KEY)
 # Per-epoch bookkeeping that Ray adds or that only matters while a trial runs; not trial results.
 NOT_METRICS = {
     "epoch", "lr", "epoch_time_s", ERROR, STATUS, "timestamp", "checkpoint_dir_name", "done",

@@ -48,3 +48,12 @@ def test_train_prints_metrics_and_writes_metrics_and_resolved_config(experiment,
     resolved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
     assert resolved["optimizer"]["name"] == "hero" and resolved["train"]["lr"] == 0.1
     assert metrics["weight_noise_acc_0"] == metrics["test_acc"]
+
+
+def test_train_prints_the_density_shortened_and_writes_it_whole(experiment, tmp_path, capsys):
+    assert cli.main(["train", str(experiment), "--set", "evaluate.hessian.density={runs: 2, steps: 30}",
+                     "--out", "out", "--quiet"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("hessian_density"))
+    density = json.loads(json.loads((tmp_path / "out" / "metrics.json").read_text())["hessian_density"])
+    assert len(density["nodes"]) == len(density["weights"]) == 60
+    assert len(line) < 120 and line.endswith(f"({len(json.dumps(density))} characters)")

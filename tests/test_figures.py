@@ -1,7 +1,9 @@
 """Figures are real, non-blank PNGs; a figure without data for its axes is skipped and named."""
+import json
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pandas as pd
 
 from hero_bench.results import figures
@@ -64,3 +66,33 @@ def test_every_title_and_label_fits_inside_its_figure():
             assert box.x0 - 1 <= extent.x0 and extent.x1 <= box.x1 + 1, (kind, text.get_text())
             assert box.y0 - 1 <= extent.y0 and extent.y1 <= box.y1 + 1, (kind, text.get_text())
         figures.plt.close(fig)
+def with_densities(trials):
+    """The trials with a hessian_density per row: two nodes that name the row (its number and 100 + it)."""
+    return trials.assign(hessian_density=[json.dumps({"nodes": [i, 100 + i], "weights": [0.25, 0.75]})
+                                          for i in range(len(trials))])
+
+
+def test_density_figure_pools_exactly_the_seeds_of_each_chosen_configuration(tmp_path):
+    trials = with_densities(pd.read_csv(FIXTURE))
+    chosen = select_best(per_config(trials))
+    for _, row in chosen.iterrows():
+        same = ((trials["optimizer.name"] == row["optimizer.name"]) & (trials["optimizer.radius"] == row["optimizer.radius"])
+                & (trials["optimizer.hessian_coef"] == row["optimizer.hessian_coef"])
+                & (trials["data.label_noise"] == row["data.label_noise"]))
+        expected = sorted(np.flatnonzero(same.to_numpy()))
+        seeds = figures._seed_densities(trials, row)
+        assert sorted(int(nodes[0]) for nodes, _ in seeds) == expected and len(expected) == 2
+        assert all(np.array_equal(weights, [0.25, 0.75]) for _, weights in seeds)
+    written, skipped = figures.write_figures(per_config(trials), tmp_path, trials)
+    assert skipped == []
+    assert tmp_path / "density_digits_mlp.png" in written
+    assert_readable_png(tmp_path / "density_digits_mlp.png")
+    assert ("density", tmp_path / "density_digits_mlp.png") in figures.figures_of(trials, tmp_path)
+
+
+def test_density_figure_is_skipped_without_densities_and_not_drawn_without_the_trials(tmp_path):
+    trials = pd.read_csv(FIXTURE)
+    written, skipped = figures.write_figures(per_config(trials), tmp_path, trials)
+    assert skipped == ["density_digits_mlp.png: no hessian_density in trials.csv (evaluate.hessian.density is off)"]
+    written, skipped = figures.write_figures(per_config(with_densities(trials)), tmp_path / "none")
+    assert "density_digits_mlp.png" not in [p.name for p in written] and skipped == []

@@ -1,13 +1,13 @@
-"""Metrics: quantization against hand-computed grids, Hessian against the exact matrix, weight-noise
-norms, the evaluate() keys, and bad input. Models are defined here, tiny; `data` is a stand-in with
-the contract's Dataset fields."""
+"""Metrics: quantization against hand-computed grids, the Hessian sample, weight-noise norms, the
+evaluate() keys, and bad input (the Hessian estimators: tests/test_hessian.py). Models are defined
+here, tiny; `data` is a stand-in with the contract's Dataset fields."""
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
+from exact import tiny_batch, tiny_mlp
 from torch import nn
-from torch.func import functional_call
 
 from hero_bench import metrics
 from hero_bench.errors import ConfigError
@@ -46,31 +46,6 @@ def trained():
         F.cross_entropy(model(data.train_x), data.train_y_clean).backward()
         optimizer.step()
     return model, data
-
-
-def tiny_mlp(seed=0, hidden=4):
-    """3 → hidden → 2 MLP with biases, in float64 (Hessian tests compare to 1e-8)."""
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, hidden), nn.Tanh(), nn.Linear(hidden, 2)).double()
-
-
-def tiny_batch(n=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (n,), generator=g)
-
-
-def exact_hessian(model, loss_fn, x, y):
-    """The full Hessian of loss_fn(model(x), y) over the flattened parameters, by torch.autograd.functional."""
-    names = [name for name, _ in model.named_parameters()]
-    params = [p.detach() for p in model.parameters()]
-    buffers = dict(model.named_buffers())
-
-    def loss_of(flat):
-        chunks = flat.split([p.numel() for p in params])
-        state = {name: chunk.view_as(p) for name, chunk, p in zip(names, chunks, params)}
-        return loss_fn(functional_call(model, {**state, **buffers}, (x,)), y)
-
-    return torch.autograd.functional.hessian(loss_of, torch.cat([p.reshape(-1) for p in params]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,104 +147,7 @@ def test_ptq_accuracy_names_per_channel_keys(trained):
 
 
 # ---------------------------------------------------------------------------------------------
-# Hessian
-
-
-def test_top_eigenvalue_and_trace_match_the_exact_hessian_of_a_tiny_mlp():
-    model = tiny_mlp()
-    x, y = tiny_batch(n=16)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(100):  # near a minimum the trace is not a small difference of large terms
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    hessian = exact_hessian(model, F.cross_entropy, x, y)
-    eigenvalues = torch.linalg.eigvalsh(hessian)
-    top = metrics.hessian_top_eigenvalue(model, F.cross_entropy, [(x, y)])
-    assert top == pytest.approx(eigenvalues.max().item(), rel=0.01)
-    # One probe's standard deviation is sqrt(2 Σ_{i≠j} H_ij²) ≈ 0.52 tr(H) here: 1000 probes put 5% at 3σ.
-    off_diagonal = (hessian**2).sum() - (hessian.diagonal() ** 2).sum()
-    assert (2 * off_diagonal).sqrt() < 0.55 * torch.trace(hessian)
-    trace = metrics.hessian_trace(model, F.cross_entropy, [(x, y)], probes=1000)
-    assert trace == pytest.approx(torch.trace(hessian).item(), rel=0.05)
-
-
-def test_top_k_matches_the_exact_top_eigenvalues():
-    model = tiny_mlp()
-    x, y = tiny_batch()
-    exact = torch.linalg.eigvalsh(exact_hessian(model, F.cross_entropy, x, y)).flip(0)[:3]
-    top = metrics.hessian_top_k(model, F.cross_entropy, [(x, y)], 3, tol=1e-8)
-    torch.testing.assert_close(torch.tensor(top, dtype=torch.float64), exact, rtol=1e-6, atol=1e-10)
-
-
-def test_hessian_of_several_batches_equals_hessian_of_the_concatenated_batch():
-    model = tiny_mlp()
-    x, y = tiny_batch(n=8)
-    whole, split = [(x, y)], [(x[:3], y[:3]), (x[3:], y[3:])]
-    trace = metrics.hessian_trace(model, F.cross_entropy, whole, probes=5)
-    assert metrics.hessian_trace(model, F.cross_entropy, split, probes=5) == pytest.approx(trace, rel=1e-10)
-    assert metrics.hessian_trace(model, F.cross_entropy, split, probes=5, keep_graph=False) == pytest.approx(
-        trace, rel=1e-10
-    )
-    top = metrics.hessian_top_eigenvalue(model, F.cross_entropy, whole)
-    assert metrics.hessian_top_eigenvalue(model, F.cross_entropy, split) == pytest.approx(top, rel=1e-10)
-    assert metrics.hessian_top_k(model, F.cross_entropy, split, 2) == pytest.approx(
-        metrics.hessian_top_k(model, F.cross_entropy, whole, 2), rel=1e-10
-    )
-
-
-class Quadratic(nn.Module):
-    """outputs_i = w_i for the unit inputs e_i; with the loss below, L = (1/n) Σ_i ½ c_i w_i², H = diag(c)/n."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.w = nn.Parameter(torch.ones(n, dtype=torch.float64))
-
-    def forward(self, x):
-        return x @ self.w
-
-
-def quadratic_loss(outputs, coefficients):
-    return (0.5 * coefficients * outputs**2).mean()
-
-
-def test_top_eigenvalue_is_the_largest_even_when_a_negative_eigenvalue_dominates():
-    coefficients = torch.tensor([-9.0, 3.0, 1.5], dtype=torch.float64)  # H = diag(-3, 1, 0.5)
-    batches = [(torch.eye(3, dtype=torch.float64), coefficients)]
-    top = metrics.hessian_top_eigenvalue(Quadratic(3), quadratic_loss, batches, tol=1e-8, max_iter=1000)
-    assert top == pytest.approx(1.0, rel=1e-6)
-    assert metrics.hessian_top_k(Quadratic(3), quadratic_loss, batches, 3) == pytest.approx([1.0, 0.5, -3.0])
-
-
-def test_trace_is_exact_for_a_diagonal_hessian():
-    # Rademacher probes have z_i² = 1, so zᵀDz = tr(D) for every probe.
-    coefficients = torch.tensor([-9.0, 3.0, 1.5, 6.0], dtype=torch.float64)
-    batches = [(torch.eye(4, dtype=torch.float64), coefficients)]
-    assert metrics.hessian_trace(Quadratic(4), quadratic_loss, batches, probes=1) == pytest.approx(0.375)
-
-
-def bn_model():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
-    model[1].running_mean.normal_()
-    model[1].running_var.uniform_(0.5, 2.0)
-    return model.train()
-
-
-def test_batchnorm_uses_running_statistics_so_any_batch_split_gives_the_same_hessian():
-    model = bn_model()
-    x, y = tiny_batch(n=8)
-    stats = [model[1].running_mean.clone(), model[1].running_var.clone()]
-
-    def top(batches):
-        return metrics.hessian_top_eigenvalue(model, F.cross_entropy, batches, tol=1e-9, max_iter=1000)
-
-    whole, split = top([(x, y)]), top([(x[:2], y[:2]), (x[2:], y[2:])])
-    assert split == pytest.approx(whole, rel=1e-7)
-    assert model.training  # mode restored
-    assert torch.equal(model[1].running_mean, stats[0]) and torch.equal(model[1].running_var, stats[1])
-    exact = exact_hessian(model.eval(), F.cross_entropy, x, y)
-    assert whole == pytest.approx(torch.linalg.eigvalsh(exact).max().item(), rel=1e-6)
+# Hessian sample (the estimators: tests/test_hessian.py)
 
 
 def test_hessian_sample_is_fixed_by_the_seed_and_uses_the_training_labels():

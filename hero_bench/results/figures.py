@@ -16,11 +16,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window; must precede the pyplot import
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from hero_bench.atomic import write_atomic  # noqa: E402
+from hero_bench.hessian import density_curve  # noqa: E402
+from hero_bench.metrics import DENSITY_KEY, density_from_json  # noqa: E402
 from hero_bench.results.leaderboard import select_best  # noqa: E402
-from hero_bench.trials import (COEF, DATA, FAMILY, METHOD, MODEL, NOISE, NOISE_KIND, RADIUS, STATUS,  # noqa: E402
-                               family_order)
+from hero_bench.trials import (  # noqa: E402
+    COEF, DATA, FAMILY, METHOD, MODEL, NOISE, NOISE_KIND, RADIUS, SEED, STATUS, config_columns, family_order,
+)
 
 CAPTIONS = {
     "heatmap": "HERO mean validation and test accuracy over the (radius ρ, hessian_coef γ) grid",
@@ -28,6 +32,7 @@ CAPTIONS = {
     "label_noise": "Test accuracy and memorization of the noisy labels vs the training label-noise rate",
     "hessian": "Top Hessian eigenvalue of the training loss",
     "compute": "Test accuracy vs gradient evaluations, every completed configuration",
+    "density": "Hessian eigenvalue density of the training loss (stochastic Lanczos quadrature)",
 }
 COLORS = {"sgd": "tab:blue", "sgd_2x": "tab:cyan", "sgd_3x": "tab:purple", "sam": "tab:orange", "hero": "tab:red",
           "gradnorm": "tab:green"}
@@ -278,6 +283,63 @@ def compute(configs, chosen, title):
 
 FIGURES = {"heatmap": heatmap, "ptq": ptq, "label_noise": label_noise, "hessian": hessian, "compute": compute}
 
+# Gaussian broadening of the density: variance 1e-5 on the spectrum mapped to [-1, 1] (Ghorbani et al. 2019).
+DENSITY_SIGMA = 1e-5**0.5 / 2  # times the width λ_max − λ_min of the plotted spectrum
+DENSITY_FLOOR = 1e-7  # lowest density drawn, relative to the panel's highest
+
+
+def _seed_densities(trials, row):
+    """The hessian_density values of a chosen configuration's completed trials (its seeds)."""
+    keys = [c for c in config_columns(trials) if c != SEED]
+    same = np.ones(len(trials), dtype=bool)
+    for key in keys:
+        same &= (trials[key].isna() if pd.isna(row[key]) else trials[key] == row[key]).to_numpy()  # NaN: unset
+    done = trials[same & (trials[STATUS] == "completed").to_numpy()]
+    return [density_from_json(text) for text in done[DENSITY_KEY].dropna()]
+
+
+def density(trials, chosen, title):
+    """Hessian eigenvalue density, log scale, of each family's chosen configuration, one panel per
+    label-noise setting: the seeds' quadrature nodes pooled (each seed weighing 1/n), broadened by
+    Gaussians of standard deviation DENSITY_SIGMA times the panel's spectral width."""
+    if DENSITY_KEY not in trials or trials[DENSITY_KEY].isna().all():
+        return f"no {DENSITY_KEY} in trials.csv (evaluate.hessian.density is off)"
+    pooled = {}
+    for _, row in chosen.iterrows():
+        seeds = _seed_densities(trials, row)
+        if seeds:
+            nodes = np.concatenate([n for n, _ in seeds])
+            setting = _settings(chosen.loc[[row.name]])[0]
+            pooled[setting, row[FAMILY]] = nodes, np.concatenate([w for _, w in seeds]) / len(seeds)
+    if not pooled:
+        return f"no chosen configuration has a {DENSITY_KEY}"
+    settings = sorted({setting for setting, _ in pooled})
+    fig, axes = _figure(1, len(settings), f"{title}: Hessian eigenvalue density (Gaussian broadening)", sharey=True)
+    families = family_order(chosen[FAMILY])
+    peak = 0.0
+    for ax, setting in zip(axes[0], settings):
+        panel = {family: value for (at, family), value in pooled.items() if at == setting}
+        low = min(nodes.min() for nodes, _ in panel.values())
+        high = max(nodes.max() for nodes, _ in panel.values())
+        width = max(high - low, 1e-12)
+        grid = np.linspace(low - 0.05 * width, high + 0.05 * width, 4000)
+        curves = {family: density_curve(nodes, weights, grid, DENSITY_SIGMA * width)
+                  for family, (nodes, weights) in panel.items()}
+        for family in (f for f in families if f in curves):
+            ax.semilogy(grid, curves[family], color=_color(family, families), label=family)
+        peak = max(peak, *(curve.max() for curve in curves.values()))
+        ax.set_xlabel("eigenvalue λ")
+        ax.set_title(_setting_label(setting))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylim(DENSITY_FLOOR * peak, 2 * peak)  # the panels share their y axis
+    axes[0][0].set_ylabel("density")
+    _legend(axes[0][-1])
+    return fig
+
+
+# Figures drawn from the trials themselves rather than per-configuration statistics: (trials, chosen, title).
+TRIAL_FIGURES = {"density": density}
+
 
 def figure_name(kind, data, model):
     """The file name of a figure kind for one (dataset, model): `{kind}_{dataset}_{model}.png`."""
@@ -288,13 +350,15 @@ def figures_of(df, folder):
     """(kind, path) of every figure drawn in `folder` for the (dataset, model) pairs of a trials table,
     per pair in the order of FIGURES."""
     pairs = sorted(set(zip(df[DATA], df[MODEL])))
-    paths = [(kind, Path(folder) / figure_name(kind, data, model)) for data, model in pairs for kind in FIGURES]
+    paths = [(kind, Path(folder) / figure_name(kind, data, model)) for data, model in pairs
+             for kind in [*FIGURES, *TRIAL_FIGURES]]
     return [(kind, path) for kind, path in paths if path.is_file()]
 
 
-def write_figures(configs, out_dir):
+def write_figures(configs, out_dir, trials=None):
     """Draw every figure kind for every (dataset, model) of per-configuration statistics (per_config)
-    into out_dir. Returns (written PNG paths, skipped notes `file: reason`)."""
+    into out_dir; the TRIAL_FIGURES too when the `trials` table they were computed from is given.
+    Returns (written PNG paths, skipped notes `file: reason`)."""
     out_dir = Path(out_dir)
     written, skipped = [], []
     if configs.empty:
@@ -302,12 +366,16 @@ def write_figures(configs, out_dir):
     chosen_all = select_best(configs)
     for (data, model), group in configs.groupby([DATA, MODEL], sort=True):
         chosen = chosen_all[(chosen_all[DATA] == data) & (chosen_all[MODEL] == model)]
-        for kind, draw in FIGURES.items():
+        drawings = [(kind, draw, group) for kind, draw in FIGURES.items()]
+        if trials is not None:
+            pair = trials[(trials[DATA] == data) & (trials[MODEL] == model)]
+            drawings += [(kind, draw, pair) for kind, draw in TRIAL_FIGURES.items()]
+        for kind, draw, source in drawings:
             name = figure_name(kind, data, model)
             if chosen.empty and kind != "heatmap":  # only the heatmap can show diverged cells alone
                 fig = "no configuration completed every seed"
             else:
-                fig = draw(group, chosen, f"{data} / {model}")
+                fig = draw(source, chosen, f"{data} / {model}")
             if isinstance(fig, str):
                 skipped.append(f"{name}: {fig}")
                 continue

@@ -20,7 +20,7 @@ def write(results_dir):
                write_atomic(folder / "leaderboard.md", leaderboard.to_markdown(board, title)
                             + comparisons.markdown(paired)),
                write_atomic(folder / "leaderboard.html", leaderboard.to_html(board, title))]
-    drawn, skipped = figures.write_figures(configs, folder / "figures")
+    drawn, skipped = figures.write_figures(configs, folder / "figures", df)
     return written + drawn, skipped
 
 
