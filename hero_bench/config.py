@@ -241,8 +241,6 @@ def _type_name(tp):
     if typing.get_origin(tp) is list:
         item = _type_name(typing.get_args(tp)[0])
         return f"a list of {item[2:]}s" if item.startswith("a ") else f"a list of {item}"  # of mappings, of int
-    if dataclasses.is_dataclass(tp):
-        return "a mapping (a section)"
     return {type(None): "null", dict: "a mapping", float: "a finite number"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
