@@ -76,3 +76,30 @@ def test_on_a_terminal_progress_is_one_bar_of_done_running_and_failed():
     assert "running 1, failed 1" in terminal.getvalue() and "3/4" in terminal.getvalue()
     assert "completed" not in terminal.getvalue()  # no per-trial lines on a terminal: the bar says it
     progress.close()
+
+
+def test_a_trial_worker_stopped_by_ray_prints_no_ignored_exit_but_other_ignored_errors_still_show():
+    """Ray's SIGTERM handler raises SystemExit wherever the worker is; inside a weakref callback Python
+    prints it as an ignored exception (the traceback a sweep's console once showed). A worker made
+    quiet drops exactly that one; a real error in such a callback is still printed."""
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import weakref
+        from hero_bench.sweep import console
+        console.quiet_trial(verbose=QUIET)
+        class Thing: pass
+        def stop(_): raise SystemExit(1)        # what Ray's sigterm handler raises
+        def broken(_): raise ValueError("a real bug")
+        a, b = Thing(), Thing()
+        refs = [weakref.ref(a, stop), weakref.ref(b, broken)]
+        del a, b
+        print("still running")
+    """)
+    for verbose, exit_shown in ((False, False), (True, True)):
+        done = subprocess.run([sys.executable, "-c", script.replace("QUIET", str(verbose))],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout == "still running\n", done.stderr
+        assert ("SystemExit" in done.stderr) == exit_shown, done.stderr
+        assert "ValueError: a real bug" in done.stderr

@@ -50,6 +50,21 @@ def test_grid_and_bit_width_figures_need_two_points():
     assert figures.ptq(configs, chosen, "t") == "fewer than two ptq_acc_{b}bit columns with data"
 
 
+def test_each_compute_panel_shows_its_own_chosen_configurations():
+    """Noise settings can sit tens of points apart; every panel's y axis holds its chosen means."""
+    configs = per_config(pd.read_csv(FIXTURE))
+    chosen = select_best(configs)
+    fig = figures.compute(configs, chosen, "digits / mlp")
+    panels = fig.axes[:len(figures._settings(configs))]
+    assert len(panels) == 2
+    for ax, setting in zip(panels, figures._settings(configs)):
+        low, high = ax.get_ylim()
+        means = figures._at(chosen, setting)["test_acc_mean"]
+        assert len(means) and ((low <= means) & (means <= high)).all(), (setting, low, high, list(means))
+    assert panels[0].get_ylim() != panels[1].get_ylim()
+    figures.plt.close(fig)
+
+
 def test_every_title_and_label_fits_inside_its_figure():
     configs = per_config(pd.read_csv(FIXTURE))
     chosen = select_best(configs)

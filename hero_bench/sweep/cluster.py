@@ -23,19 +23,17 @@ def check_address(address):
         raise ConfigError(f"--address {address}: cannot reach the Ray cluster ({exc.strerror or exc}); is `ray start --head` running there?") from None
 
 
-def start_ray(address, log_to_driver=True):
-    """A local Ray of this machine's own (address None), or the cluster at `address`; the trials'
-    stdout and stderr reach this process's output only with `log_to_driver`."""
+def start_ray(address):
+    """A local Ray of this machine's own (address None), or the cluster at `address`."""
     if ray.is_initialized():
         return
     if address is None:
         # "local": always a new Ray of this machine's own, never one a `ray start` left running here
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False,
-                 log_to_driver=log_to_driver)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False)
         return
     check_address(address)
     try:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        ray.init(address=address)
     except ConnectionError as exc:
         raise ConfigError(f"--address {address}: {exc}") from None
     total = ray.cluster_resources()

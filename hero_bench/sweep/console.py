@@ -3,8 +3,8 @@
 By default: a short header (the experiment, how many trials, how many at a time, where the results
 go), then progress. On a terminal that is one bar updated in place (done, running and failed of the
 total, elapsed time, ETA); anywhere else (a pipe, a log file) one plain line per finished trial, with
-its swept values, status and accuracies. Ray's own tables, its notices and the trials' own output
-(their stdout and stderr, which stay in Ray's log folder) stay quiet; Ray's warnings still show. Nothing printed holds terminal escape codes unless stdout is a
+its swept values, status and accuracies. Ray's own tables, its per-trial log lines and its notices
+stay quiet; its warnings still show. Nothing printed holds terminal escape codes unless stdout is a
 terminal. `--verbose` gives Ray's output back as Ray prints it.
 """
 import contextlib
@@ -26,22 +26,24 @@ RAY_CHATTER = ("ray", "ray.tune", "ray.train", "ray._private")
 # The notice that a Ray started by hero-bench itself uses token authentication: about Ray's setup,
 # not the sweep; `ray start` prints it to those who run a cluster themselves.
 RAY_NOTICES = ("ray._private.authentication",)
-# Ray Tune's classic reporter, which verbose=0 silences (the newer one prints its header at any verbosity).
-RAY_QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0"}
+# Ray's switches for its output: the "(trainable pid=...)" prefix without colors, and Ray Tune's
+# classic reporter, which verbose=0 silences (the newer one prints its header at any verbosity).
+RAY_QUIET_ENV = {"RAY_COLOR_PREFIX": "0", "RAY_AIR_NEW_OUTPUT": "0"}
 
 
 @contextlib.contextmanager
 def ray_quiet(verbose):
-    """Ray's driver-side output as --verbose asks: silent but for warnings (the trials' own output
-    is kept from the driver by `start_ray(log_to_driver=False)`)."""
+    """Ray's driver-side output as --verbose asks: silent but for warnings, and the "(trainable
+    pid=...)" prefix of the trials' log lines without escape codes when stdout is not a terminal."""
     if verbose:
         yield
         return
     levels = {**dict.fromkeys(RAY_CHATTER, logging.WARNING), **dict.fromkeys(RAY_NOTICES, logging.ERROR)}
-    saved = {name: logging.getLogger(name).level for name in levels}, {k: os.environ.get(k) for k in RAY_QUIET_ENV}
+    env = {k: v for k, v in RAY_QUIET_ENV.items() if k != "RAY_COLOR_PREFIX" or not sys.stdout.isatty()}
+    saved = {name: logging.getLogger(name).level for name in levels}, {k: os.environ.get(k) for k in env}
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
-    os.environ.update(RAY_QUIET_ENV)
+    os.environ.update(env)
     try:
         yield
     finally:
@@ -55,10 +57,21 @@ def ray_quiet(verbose):
 
 
 def quiet_trial(verbose):
-    """In a trial's worker: Ray's INFO lines (one per checkpoint) off unless --verbose."""
+    """In a trial's worker, unless --verbose: Ray's INFO lines (one per checkpoint) off, and no
+    "Exception ignored in ..." traceback when Ray stops the worker at the end of the sweep."""
     if not verbose:
         for name in RAY_CHATTER:
             logging.getLogger(name).setLevel(logging.WARNING)
+        sys.unraisablehook = ignore_exit
+
+
+def ignore_exit(unraisable):
+    """Ray stops an idle worker with SIGTERM, whose handler raises SystemExit in whatever code runs at
+    that moment; in a weakref or __del__ callback Python cannot raise it and prints it as an ignored
+    exception. That one says nothing about the sweep; every other goes to Python's own hook."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, SystemExit):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def concurrency(resources, max_concurrent):

@@ -197,7 +197,7 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     marker["storage"] = storage if "://" in storage else str(Path(storage).resolve())
     experiment = f"{marker['storage'].rstrip('/')}/{config.name}"
     with console.ray_quiet(verbose):
-        start_ray(address, log_to_driver=verbose)
+        start_ray(address)
         check_resources(config.sweep.resources_per_trial, address)
         if restore and not tune.Tuner.can_restore(experiment):
             raise ConfigError(f"--resume: no Ray experiment state at {experiment}; run without --resume to start afresh")
