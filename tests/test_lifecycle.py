@@ -520,3 +520,14 @@ def test_asha_lets_a_trial_that_no_rung_stops_run_all_its_epochs(local_ray, tmp_
         train={"epochs": 101, "batch_size": 64}, sweep={"scheduler": "asha", "checkpoint_every": 101}))
     frame = sweep.run(config, results_root=tmp_path / "results", storage=str(tmp_path / "ray"))
     assert frame[["status", "epochs_done"]].values.tolist() == [["completed", 101]]
+
+
+def test_every_results_folder_the_repository_ships_can_be_replaced_with_overwrite():
+    """The README's first command re-runs the quickstart with --overwrite over the results/quickstart
+    this repository ships without its sweep.json (ignored by git): every file such a folder holds must
+    be one hero-bench writes, or the command refuses to start."""
+    shipped = [p for p in (Path(__file__).parents[1] / "results").iterdir() if p.is_dir()]
+    assert "quickstart" in {p.name for p in shipped}
+    for results in shipped:
+        assert folder.is_sweep(results), sorted(p.name for p in results.iterdir())
+        folder.check(results, resume=False, overwrite=True)  # raises if --overwrite would refuse
