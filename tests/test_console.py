@@ -78,6 +78,7 @@ def test_on_a_terminal_progress_is_one_bar_of_done_running_and_failed():
     progress.close()
 
 
+@pytest.mark.slow
 def test_a_trial_worker_stopped_by_ray_prints_no_ignored_exit_but_other_ignored_errors_still_show():
     """Ray's SIGTERM handler raises SystemExit wherever the worker is; inside a weakref callback Python
     prints it as an ignored exception (the traceback a sweep's console once showed). A worker made
