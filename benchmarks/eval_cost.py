@@ -4,8 +4,9 @@
 
 Builds the experiment's base trial (its file with the `--set` overrides, as `hero-bench train` runs
 it), trains it for train.epochs epochs timing each epoch, then times on the trained model, `--repeats`
-times in turn: the whole end-of-trial evaluation (hero_bench.metrics.evaluate), each evaluator of
-METRICS, and the Hessian's parts alone (λ_max, trace, density when configured) next to all of them
+times in turn: the validation and test accuracy a trial computes after every epoch, the whole
+end-of-trial evaluation (hero_bench.metrics.evaluate), each evaluator of METRICS, and the Hessian's
+parts alone (λ_max, trace, density when configured) next to all of them
 from one setup. Prints medians and each as a multiple of the median epoch. Threads: train.threads.
 It imports `counting` from hessian_cost.py, next to it in benchmarks/
 """
@@ -68,7 +69,10 @@ def main():
     config = config_module.load(args.experiment, args.set)
     model, dataset, epochs = trained(config)
     epoch = statistics.median(epochs)
-    runs = {"evaluate (all evaluators)": lambda: metrics.evaluate(model, dataset, config.evaluate, config.train.seed)}
+    splits = ((dataset.val_x, dataset.val_y), (dataset.test_x, dataset.test_y))
+    runs = {"every epoch: val + test acc": lambda: [metrics.accuracy(model, x, y, config.train.eval_batch_size)
+                                                    for x, y in splits],
+            "evaluate (all evaluators)": lambda: metrics.evaluate(model, dataset, config.evaluate, config.train.seed)}
     runs.update({f"evaluator {name}": (lambda fn: lambda: fn(model, dataset, config.evaluate, config.train.seed))(
         metrics.METRICS.get(name)) for name in metrics.METRICS.names()})
     runs.update(hessian_parts(model, dataset, config))
