@@ -203,6 +203,7 @@ def label_noise(configs, chosen, title):
         ax.set_xticks(noises, [f"{p:g}" for p in noises])
         ax.set_xlabel("training label-noise rate p")
         ax.set_ylabel(label)
+        ax.ticklabel_format(axis="y", useOffset=False)  # 99.98 stays 99.98, not "+1e2" and -0.02
         ax.grid(alpha=0.3)
     _legend(axes[0][-1])
     return fig
