@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from hero_bench.results import figures
-from hero_bench.results.leaderboard import per_config, select_best
+from hero_bench.results.leaderboard import configuration_ids, per_config, select_best
 
 FIXTURE = Path(__file__).parent / "fixtures" / "trials_small.csv"  # digits/mlp, 6 configs, 2 noise levels, 2 seeds
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -81,6 +81,8 @@ def test_every_title_and_label_fits_inside_its_figure():
             assert box.x0 - 1 <= extent.x0 and extent.x1 <= box.x1 + 1, (kind, text.get_text())
             assert box.y0 - 1 <= extent.y0 and extent.y1 <= box.y1 + 1, (kind, text.get_text())
         figures.plt.close(fig)
+
+
 def with_densities(trials):
     """The trials with a hessian_density per row: two nodes that name the row (its number and 100 + it)."""
     return trials.assign(hessian_density=[json.dumps({"nodes": [i, 100 + i], "weights": [0.25, 0.75]})
@@ -95,7 +97,7 @@ def test_density_figure_pools_exactly_the_seeds_of_each_chosen_configuration(tmp
                 & (trials["optimizer.hessian_coef"] == row["optimizer.hessian_coef"])
                 & (trials["data.label_noise"] == row["data.label_noise"]))
         expected = sorted(np.flatnonzero(same.to_numpy()))
-        seeds = figures._seed_densities(trials, row)
+        seeds = figures._seed_densities(trials.assign(config_id=configuration_ids(trials)), row)
         assert sorted(int(nodes[0]) for nodes, _ in seeds) == expected and len(expected) == 2
         assert all(np.array_equal(weights, [0.25, 0.75]) for _, weights in seeds)
     written, skipped = figures.write_figures(per_config(trials), tmp_path, trials)

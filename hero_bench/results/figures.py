@@ -16,14 +16,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window; must precede the pyplot import
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from hero_bench.atomic import write_atomic  # noqa: E402
 from hero_bench.hessian import density_curve  # noqa: E402
 from hero_bench.metrics import DENSITY_KEY, density_from_json  # noqa: E402
-from hero_bench.results.leaderboard import select_best  # noqa: E402
+from hero_bench.results.leaderboard import CONFIG_ID, configuration_ids, select_best  # noqa: E402
 from hero_bench.trials import (  # noqa: E402
-    COEF, DATA, FAMILY, METHOD, MODEL, NOISE, NOISE_KIND, RADIUS, SEED, STATUS, config_columns, family_order,
+    COEF, DATA, FAMILY, METHOD, MODEL, NOISE, NOISE_KIND, RADIUS, STATUS, family_order,
 )
 
 CAPTIONS = {
@@ -290,12 +289,9 @@ DENSITY_FLOOR = 1e-7  # lowest density drawn, relative to the panel's highest
 
 
 def _seed_densities(trials, row):
-    """The hessian_density values of a chosen configuration's completed trials (its seeds)."""
-    keys = [c for c in config_columns(trials) if c != SEED]
-    same = np.ones(len(trials), dtype=bool)
-    for key in keys:
-        same &= (trials[key].isna() if pd.isna(row[key]) else trials[key] == row[key]).to_numpy()  # NaN: unset
-    done = trials[same & (trials[STATUS] == "completed").to_numpy()]
+    """The hessian_density values of a chosen configuration's completed trials (its seeds); `trials`
+    carries each trial's config_id (leaderboard.configuration_ids), as `row` does."""
+    done = trials[(trials[CONFIG_ID] == row[CONFIG_ID]) & (trials[STATUS] == "completed")]
     return [density_from_json(text) for text in done[DENSITY_KEY].dropna()]
 
 
@@ -365,11 +361,13 @@ def write_figures(configs, out_dir, trials=None):
     if configs.empty:
         return written, ["all figures: the trials table has no rows"]
     chosen_all = select_best(configs)
+    # numbered as per_config numbered `configs` (the whole table, before any filtering)
+    numbered = None if trials is None else trials.assign(**{CONFIG_ID: configuration_ids(trials)})
     for (data, model), group in configs.groupby([DATA, MODEL], sort=True):
         chosen = chosen_all[(chosen_all[DATA] == data) & (chosen_all[MODEL] == model)]
         drawings = [(kind, draw, group) for kind, draw in FIGURES.items()]
         if trials is not None:
-            pair = trials[(trials[DATA] == data) & (trials[MODEL] == model)]
+            pair = numbered[(numbered[DATA] == data) & (numbered[MODEL] == model)]
             drawings += [(kind, draw, pair) for kind, draw in TRIAL_FIGURES.items()]
         for kind, draw, source in drawings:
             name = figure_name(kind, data, model)
