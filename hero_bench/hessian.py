@@ -12,7 +12,6 @@ import contextlib
 import math
 import warnings
 
-import numpy as np
 import torch
 
 from hero_bench.errors import ConfigError
@@ -234,14 +233,6 @@ def slq_density(hvp, runs, steps, generator):
         nodes.append(theta)
         weights.append(tau / runs)
     return torch.cat(nodes), torch.cat(weights)
-
-
-def density_curve(nodes, weights, grid, sigma):
-    """φ_σ(t) = Σ_k τ_k N(t; θ_k, σ²) on `grid`: the quadrature's point masses broadened by Gaussians
-    of standard deviation σ, so it integrates to Σ τ_k = 1 over the real line."""
-    nodes, weights, grid = (np.asarray(a, dtype=float) for a in (nodes, weights, grid))
-    z = (grid[:, None] - nodes[None, :]) / sigma
-    return (np.exp(-0.5 * z**2) @ weights) / (sigma * math.sqrt(2 * math.pi))
 
 
 # ---------------------------------------------------------------------------------------------

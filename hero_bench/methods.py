@@ -35,84 +35,44 @@ pass), fd's extra gradient included; `hvp_evals` counts exact (double-backward) 
 products. Per step with a Hessian term: hero fd 3 + 0, hero exact 2 + 1, gradnorm fd 2 + 0, gradnorm
 exact 1 + 1, an auto check one more of each than fd; sgd 1, sam 2 (1 at ρ = 0).
 """
+import dataclasses
 import inspect
-import math
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from hero_bench import hvp as hvps
+from hero_bench import validation
 from hero_bench.errors import ConfigError, DivergedError
-from hero_bench.registry import Registry, check_keywords
+from hero_bench.registry import check_keywords
+from hero_bench.rules import METHODS, Rule, family, register  # noqa: F401 - the methods' registry, re-exported
+from hero_bench.validation import one_of, within
 
-METHODS = Registry("method")
-
-HVP_MODES = ("auto", "fd", "exact")
 HVP_CHECK_MIN_COSINE = 0.99
 # Layers whose weight tensors carry HERO's gradient-difference penalty (biases and norm layers do not).
 PENALIZED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 _COUNTERS = ("steps", "grad_evals", "hvp_evals", "hvp_fallback_step", "hvp_check_cosine", "next_hvp_check")
 
 
-@dataclass(frozen=True)
-class Rule:
-    """What a method does with a batch.
+@dataclass
+class OptimizerConfig:
+    """The `optimizer:` section of an experiment: which method, and how it carries out its rule.
 
-    name: the method's name in `optimizer.name`.
-    perturbs: take the gradient at W + z instead of W.
-    hessian: the direction v of the Hessian term 2γ H v: None (no term), "g" (the gradient, at W) or
-        "D" (the gradient difference g(W + z) − g(W), per penalized tensor divided by its size).
-    radius, hessian_coef: the method's defaults for ρ and γ (0 where it does not use the knob).
+    Each setting's rule is stated here, once: the experiment schema and `create` both check it. A new
+    setting is a field here and its use in `Method`.
     """
 
-    name: str
-    perturbs: bool
-    hessian: str | None
-    objective: str
-    radius: float = 0.0
-    hessian_coef: float = 0.0
-
-    def knobs(self, radius, hessian_coef):
-        """(ρ, γ) as this rule uses them: None is the rule's default, a knob it does not use is 0."""
-        radius = (self.radius if radius is None else float(radius)) if self.perturbs else 0.0
-        hessian_coef = (self.hessian_coef if hessian_coef is None else float(hessian_coef)) if self.hessian else 0.0
-        return radius, hessian_coef
-
-    def effective(self, radius, hessian_coef):
-        """(perturbs, hessian) as they act at these knobs: ρ = 0 makes z = 0 (no perturbation, and D = 0);
-        γ = 0 removes the Hessian term."""
-        perturbs = self.perturbs and radius > 0
-        active = hessian_coef > 0 and (self.hessian != "D" or perturbs)
-        return perturbs, self.hessian if active else None
-
-
-def register(rule):
-    """Make `rule` available as optimizer.name: rule.name (a new method is one such call)."""
-    return METHODS.register(rule.name)(rule)
-
-
-register(Rule("sgd", False, None, "L(W)"))
-register(Rule("gradnorm", False, "g", "L(W) + γ‖g(W)‖²", hessian_coef=0.1))
-register(Rule("sam", True, None, "L(W + z), z = ρ T² g / ‖T g‖ held constant", radius=0.5))
-register(Rule("hero", True, "D", "L(W + z) + γ Σ_l ‖g_l(W + z) − sg[g_l(W)]‖² / n_l", radius=0.5, hessian_coef=5.0))
-
-
-def family(name, radius, hessian_coef):
-    """The method a configuration computes: the registered rule that acts like `name` at (ρ, γ).
-
-    hero at ρ = 0 is sgd and at γ = 0 sam; sam at ρ = 0 is sgd; gradnorm at γ = 0 is sgd. A name that
-    is not registered is its own family.
-    """
-    if name not in METHODS:
-        return name
-    rule = METHODS.get(name)
-    acts = rule.effective(radius, hessian_coef)
-    if acts == (rule.perturbs, rule.hessian):
-        return name
-    rules = (METHODS.get(other) for other in METHODS.names())
-    return next((other.name for other in rules if (other.perturbs, other.hessian) == acts), name)
+    name: str = "sgd"  # sgd | gradnorm | sam | hero, or a registered method of your own
+    radius: float | None = within("[0, inf)", None)  # ρ; None: the method's default (sam, hero 0.5)
+    hessian_coef: float | None = within("[0, inf)", None)  # γ; None: the method's default (hero 5.0, gradnorm 0.1)
+    adaptive: bool = True  # T = |W| in the perturbation (ASAM-style, the HERO authors' default), else T = 1
+    hvp: str = one_of(("auto", "fd", "exact"), "auto")  # how Hessian-vector products are computed
+    hvp_check_every: int = within("[1, inf)", 50)  # auto: steps between checks of fd against exact
+    hessian_every: int = within("[1, inf)", 1)  # every k-th step is a full Hessian step, the others sam/sgd steps
+    hessian_warmup_epochs: int = within("[0, inf)", 0)  # the Hessian term is off for the first k epochs (the authors' script: 1)
+    args: dict = field(default_factory=dict)  # keyword arguments of a method's own gradient function
 
 
 class Method(torch.optim.Optimizer):
@@ -122,20 +82,20 @@ class Method(torch.optim.Optimizer):
     Knobs a rule does not use are ignored (sgd ignores `radius`), so one config shape serves all.
     The shared knobs `lr`, `momentum`, `weight_decay`, `nesterov` go to the base optimizer when its
     constructor takes them; `base_kwargs` are forwarded to it verbatim (e.g. Adam's `betas`).
-    `hessian_warmup_steps`: the Hessian term is off for the first steps (hero is then sam).
+    `settings`: an OptimizerConfig; `steps_per_epoch` turns its hessian_warmup_epochs into steps.
     Arguments are trusted: `create` is the checked door.
     """
 
-    def __init__(self, rule, model, *, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False,
-                 radius=None, hessian_coef=None, adaptive=True, hvp="auto", hvp_check_every=50,
-                 hessian_every=1, hessian_warmup_steps=0, base="SGD", base_kwargs=None):
+    def __init__(self, rule, model, settings, *, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False,
+                 steps_per_epoch=1, base="SGD", base_kwargs=None):
         self.rule = rule
-        self.radius, self.hessian_coef = rule.knobs(radius, hessian_coef)
-        self.adaptive = adaptive
-        self.hvp = hvp
-        self.hvp_check_every = hvp_check_every
-        self.hessian_every = hessian_every
-        self.hessian_warmup_steps = hessian_warmup_steps
+        self.radius, self.hessian_coef = rule.knobs(settings.radius, settings.hessian_coef)
+        self.adaptive = settings.adaptive
+        self.hvp = settings.hvp
+        self.hvp_check_every = settings.hvp_check_every
+        self.hessian_every = settings.hessian_every
+        self.hessian_warmup_steps = settings.hessian_warmup_epochs * steps_per_epoch
+        self.args = dict(settings.args)
         self._batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self._penalized = {id(m.weight) for m in model.modules()
                            if isinstance(m, PENALIZED_LAYERS) and m.weight.requires_grad}
@@ -170,6 +130,8 @@ class Method(torch.optim.Optimizer):
             raise ValueError(f"{self.rule.name} needs step(closure): closure() returns the batch loss, no backward")
         closure = torch.enable_grad()(closure)
         params = [p for group in self.param_groups for p in group["params"]]
+        if self.rule.gradient is not None:
+            return self._apply(params, *self._own_gradient(closure, params))
         perturbs, direction = self.rule.effective(self.radius, self.hessian_coef)
         mode = self._hvp_mode(direction)
         exact_graph = mode in ("exact", "check")
@@ -197,16 +159,37 @@ class Method(torch.optim.Optimizer):
             if anchor is not None:
                 with torch.no_grad():
                     torch._foreach_copy_(params, anchor)  # back to W: the gradient is applied there
+        return self._apply(params, g, loss)
+
+    def _apply(self, params, g, loss):
+        """Hand the gradient `g` to the base optimizer, which applies it at W; returns the loss at W."""
         for p, gi in zip(params, g):
             p.grad = gi.detach()
         self.base.step()
         self.steps += 1
         return loss.detach()
 
+    def _own_gradient(self, closure, params):
+        """(gradient, loss at W) of a method with a gradient function of its own (Rule.gradient)."""
+        step = Step(self, closure, params)
+        try:
+            g = self.rule.gradient(step, **self.args)
+        finally:
+            step.restore()
+        if not (isinstance(g, (list, tuple)) and len(g) == len(params)
+                and all(isinstance(gi, torch.Tensor) and gi.shape == p.shape for gi, p in zip(g, params))):
+            raise ValueError(f"method {self.rule.name}'s gradient function must return one tensor per parameter, "
+                             "shaped like it (a list in the order of step.params)")
+        return g, step.loss
+
     def _hvp_mode(self, direction):
         """This step's Hessian-vector product: None (no Hessian term), 'fd', 'exact' or 'check' (both)."""
         if direction is None or self.steps < self.hessian_warmup_steps or self.steps % self.hessian_every:
             return None  # no term at these knobs, the warm-up, or a plain step between Hessian steps
+        return self._product_mode()
+
+    def _product_mode(self):
+        """How a Hessian-vector product is computed now: hvp's mode, and for auto 'fd', 'check' or 'exact'."""
         if self.hvp != "auto":
             return self.hvp
         if self.hvp_fallback_step is not None:
@@ -279,38 +262,97 @@ class Method(torch.optim.Optimizer):
             setattr(self, key, counters[key])
 
 
-def create(name, model, **hyper):
+class Step:
+    """What a method's own gradient function gets (`Rule.gradient(step, **optimizer.args)`): one
+    optimizer step on one batch. The function returns the gradient to apply at W, one tensor per
+    parameter in the order of `params`; the base optimizer applies it, as for every rule.
+
+    params          the trainable parameters; at W whenever the function runs
+    loss            the batch loss at W (the one pass that updates BatchNorm statistics)
+    radius, hessian_coef, adaptive    the method's settings (ρ and γ as the method uses them)
+    gradient()      g(W), computed once
+    perturbation(g) z = ρ T² g / (‖T g‖ + 1e-12), the ascent step of SAM and HERO
+    gradient_at(s)  g(W + s): the batch's loss at W + s (same random numbers as the pass at W,
+                    BatchNorm statistics untouched), W restored afterwards
+    hvp(v, s=None)  H(W + s) v, in the mode `optimizer.hvp` sets (exact, fd, or auto with its checks)
+    Every gradient and product is counted in the method's grad_evals and hvp_evals.
+    """
+
+    def __init__(self, method, closure, params):
+        self.method, self.closure, self.params = method, closure, params
+        self.radius, self.hessian_coef, self.adaptive = method.radius, method.hessian_coef, method.adaptive
+        self._rng = _rng_state(params)
+        self.loss = method._loss(closure)
+        self._anchor = [p.detach().clone() for p in params]
+        self._g = None
+
+    def gradient(self):
+        if self._g is None:
+            self._g = self.method._grad(self.loss, self.params)
+        return self._g
+
+    def perturbation(self, g):
+        return self.method._perturbation(self.params, g)
+
+    def gradient_at(self, shift):
+        try:
+            hvps.shift(self.params, shift)
+            return self.method._grad(self.method._loss(self.closure, self._rng), self.params)
+        finally:
+            self.restore()
+
+    def hvp(self, v, shift=None):
+        method, mode = self.method, self.method._product_mode()
+        pieces = hvps.FrozenPieces(self.params[0].device.type) if mode in ("fd", "check") else None
+        try:
+            if shift is not None:
+                hvps.shift(self.params, shift)
+            g = method._grad(method._loss(self.closure, self._rng, pieces), self.params,
+                             create_graph=mode in ("exact", "check"))
+            return method._hvp(self.closure, self._rng, pieces, self.params, g, v, mode)
+        finally:
+            self.restore()
+
+    def restore(self):
+        """Put the parameters back at W."""
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self._anchor)
+
+
+def create(name, model, settings=None, *, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False, steps_per_epoch=1,
+           base="SGD", base_kwargs=None, **options):
     """Build method `name` (see `hero-bench list methods`) for `model`'s trainable parameters.
 
-    hyper: lr (0.1), momentum (0.9), weight_decay (5e-4), nesterov (False) for the base optimizer;
-    radius ρ and hessian_coef γ (the method's defaults: hero 0.5 and 5.0, sam 0.5, gradnorm γ 0.1),
-    adaptive (True), hvp ('auto'), hvp_check_every (50), hessian_every (1: every k-th step is a full
-    hero/gradnorm step, the ones between sam/sgd steps), hessian_warmup_steps (0), base (torch.optim
-    class or its name, 'SGD'), base_kwargs (dict). Every value is checked here.
+    The method's settings are OptimizerConfig's fields, given by name in `options` (radius=0.05,
+    hessian_coef=100, hvp="exact", args={"alpha": 0.1}, ...: the method's defaults where absent) or
+    whole as `settings` (an experiment's optimizer section); every value is checked here, by the rules
+    on those fields. lr (0.1), momentum (0.9), weight_decay (5e-4) and nesterov (False) go to the base
+    optimizer, `base` (a torch.optim class or its name, 'SGD'), with `base_kwargs`. `steps_per_epoch`
+    turns hessian_warmup_epochs into steps (1: the warm-up counts steps).
     """
+    if settings is None:
+        known = [*(p for p in inspect.signature(create).parameters if p not in ("name", "model", "settings", "options")),
+                 *(f.name for f in dataclasses.fields(OptimizerConfig) if f.name != "name")]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown optimizer option {unknown[0]!r}; known: {', '.join(known)}")
+        settings = validation.build(OptimizerConfig, {"name": name, **options}, "optimizer.")
+    elif options:
+        raise TypeError(f"create() takes settings or options, not both (got {', '.join(options)})")
+    validation.check(settings, "optimizer.")
+    check_args(name, settings.args)
+    return Method(METHODS.get(name), model, settings, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                  nesterov=nesterov, steps_per_epoch=steps_per_epoch, base=base, base_kwargs=base_kwargs)
+
+
+def check_args(name, args):
+    """optimizer.args must be keyword arguments of method `name`'s own gradient function; a rule takes none."""
     rule = METHODS.get(name)
-    check_keywords(Method, hyper, "unknown optimizer option {!r}", skip=("rule", "model"), listing="known")
-    for key in ("radius", "hessian_coef"):
-        if hyper.get(key) is not None:
-            _check_number(f"optimizer.{key}", hyper[key])
-    for key in ("hvp_check_every", "hessian_every"):
-        _check_count(f"optimizer.{key}", hyper.get(key, 1))
-    _check_count("hessian_warmup_steps", hyper.get("hessian_warmup_steps", 0), low=0)
-    if hyper.get("hvp", "auto") not in HVP_MODES:
-        raise ConfigError(f"optimizer.hvp must be one of {', '.join(HVP_MODES)}, got {hyper['hvp']!r}")
-    if not isinstance(hyper.get("adaptive", True), bool):
-        raise ConfigError(f"optimizer.adaptive must be true or false, got {hyper['adaptive']!r}")
-    return Method(rule, model, **hyper)
-
-
-def _check_number(field, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ConfigError(f"{field} must be a finite number >= 0, got {value!r}")
-
-
-def _check_count(field, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{field} must be an integer >= {low}, got {value!r}")
+    if rule.gradient is None:
+        if args:
+            raise ConfigError(f"optimizer.args: method {name!r} is a rule and takes no arguments, got {', '.join(map(str, args))}")
+        return
+    check_keywords(rule.gradient, args, f"optimizer.args.{{}} is not an option of method {name!r}", skip=("step",))
 
 
 def _base_class(base):

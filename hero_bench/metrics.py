@@ -8,13 +8,12 @@ The public functions (quantize_weights, ptq_accuracy, weight_noise_accuracy and 
 estimators of hero_bench.hessian, re-exported here) check their own arguments.
 """
 import copy
-import json
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hero_bench import catalog
 from hero_bench.config import EvaluateConfig, from_dict
 from hero_bench.errors import ConfigError
 from hero_bench.hessian import (  # noqa: F401
@@ -84,11 +83,9 @@ def ptq_accuracy(model, data, bits_list, per_channel=False):
     """{"ptq_acc_{b}bit" (+ "_per_channel"): test accuracy of the b-bit quantized model}."""
     for bits in bits_list:
         _check_bits(bits)
-    suffix = "_per_channel" if per_channel else ""
-    return {
-        f"ptq_acc_{bits}bit{suffix}": accuracy(quantize_weights(model, bits, per_channel), data.test_x, data.test_y)
-        for bits in bits_list
-    }
+    key = catalog.PTQ_ACC_PER_CHANNEL if per_channel else catalog.PTQ_ACC
+    return {key.key(bits): accuracy(quantize_weights(model, bits, per_channel), data.test_x, data.test_y)
+            for bits in bits_list}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +124,7 @@ def weight_noise_accuracy(model, data, sigmas, draws, seed=0):
     for sigma in sigmas:
         generator = torch.Generator().manual_seed(seed)
         total = sum(accuracy(perturb_weights(model, sigma, generator), data.test_x, data.test_y) for _ in range(draws))
-        results[f"weight_noise_acc_{sigma:g}"] = total / draws
+        results[catalog.WEIGHT_NOISE_ACC.key(sigma)] = total / draws
     return results
 
 
@@ -139,34 +136,26 @@ def weight_noise_accuracy(model, data, sigmas, draws, seed=0):
 def evaluate_ptq(model, data, evaluate, seed):
     """ptq_acc_{b}bit for every b in evaluate.ptq_bits (and ptq_acc_{b}bit_per_channel if
     ptq_per_channel), and each one's drop ptq_drop_{b}bit[_per_channel] = float test accuracy − it."""
-    results = ptq_accuracy(model, data, evaluate.ptq_bits)
+    variants = [(False, catalog.PTQ_ACC, catalog.PTQ_DROP)]
     if evaluate.ptq_per_channel:
-        results.update(ptq_accuracy(model, data, evaluate.ptq_bits, per_channel=True))
-    if results:
+        variants.append((True, catalog.PTQ_ACC_PER_CHANNEL, catalog.PTQ_DROP_PER_CHANNEL))
+    results = {}
+    for per_channel, _, _ in variants:
+        results.update(ptq_accuracy(model, data, evaluate.ptq_bits, per_channel))
+    if evaluate.ptq_bits:
         float_accuracy = accuracy(model, data.test_x, data.test_y)
-        results.update({key.replace("ptq_acc_", "ptq_drop_"): float_accuracy - value for key, value in list(results.items())})
+        for _, acc, drop in variants:
+            results.update({drop.key(bits): float_accuracy - results[acc.key(bits)] for bits in evaluate.ptq_bits})
     return results
 
 
-DENSITY_KEY = "hessian_density"
-
-
-def density_to_json(nodes, weights):
-    """The `hessian_density` value: {"nodes": [θ...], "weights": [τ...]} as one JSON string (a trial's
-    density is no scalar; trials.csv keeps it as text), 7 significant digits."""
-    return json.dumps({"nodes": [float(f"{t:.7g}") for t in nodes.tolist()],
-                       "weights": [float(f"{w:.7g}") for w in weights.tolist()]})
-
-
-def density_from_json(text):
-    """(nodes, weights) as float64 numpy arrays from a `hessian_density` value."""
-    value = json.loads(text)
-    return np.array(value["nodes"], dtype=float), np.array(value["weights"], dtype=float)
+DENSITY_KEY = catalog.HESSIAN_DENSITY.name
+density_to_json, density_from_json = catalog.density_to_json, catalog.density_from_json  # the value's format
 
 
 @METRICS.register("hessian")
 def evaluate_hessian(model, data, evaluate, seed):
-    """hessian_top_eig, hessian_trace and hessian_density (JSON text, see density_to_json) of the mean
+    """hessian_top_eig, hessian_trace and hessian_density (JSON text, see catalog.density_to_json) of the mean
     cross-entropy on the seed's training sample, all from one setup (hessian_curvature).
 
     With samples <= batch_size the gradient graph is built once and reused (about 1.6x faster per

@@ -27,14 +27,13 @@ from hero_bench.errors import ConfigError, DivergedError, HeroBenchError
 log = logging.getLogger(__name__)
 
 
-# The metrics of every epoch's report (docs/metrics.md, "Per epoch"); each report also carries the
-# trial's status, label_noise_realized and resumed_from_epoch, and the last one adds the
-# end-of-training metrics. Ray Tune needs the sweep metric in every report: sweep.metric is one of these.
-EPOCH_METRICS = ("val_acc", "test_acc", "train_acc", "train_loss", "lr", "epoch", "epoch_time_s")
+# Fault injection for tests (never part of an experiment): with HERO_BENCH_FAIL_AT_EPOCH=k in its
+# environment, a trial raises InjectedFault once, at epoch k of a fresh start (a resumed one goes on).
+FAIL_AT_EPOCH = "HERO_BENCH_FAIL_AT_EPOCH"
 
 
 class InjectedFault(RuntimeError):
-    """Raised by `train.fail_at_epoch`, so tests can exercise retries from checkpoints."""
+    """Raised where HERO_BENCH_FAIL_AT_EPOCH says, so tests can exercise retries from checkpoints."""
 
 
 def resolve_device(name, gpu_ids=None):
@@ -97,12 +96,8 @@ def build(config, device):
     )
     torch.manual_seed(t.seed)  # model initialisation is a function of the seed alone
     model = models.create(m.name, dataset.input_shape, dataset.num_classes, **m.args).to(device)
-    optimizer = methods.Method(
-        methods.METHODS.get(o.name), model, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-        nesterov=t.nesterov, radius=o.radius, hessian_coef=o.hessian_coef, adaptive=o.adaptive, hvp=o.hvp,
-        hvp_check_every=o.hvp_check_every, hessian_every=o.hessian_every,
-        hessian_warmup_steps=o.hessian_warmup_epochs * math.ceil(len(dataset.train_y) / t.batch_size),
-    )
+    optimizer = methods.create(o.name, model, o, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                               nesterov=t.nesterov, steps_per_epoch=math.ceil(len(dataset.train_y) / t.batch_size))
     return dataset, model, optimizer
 
 
@@ -208,8 +203,8 @@ def run_trial(config, report=None, resume=None, progress=False, gpu_ids=None):
     epochs = train.total_epochs
     bar = tqdm(total=(epochs - start_epoch) * batches_per_epoch, desc=config.name, disable=not progress, leave=False)
     for epoch in range(start_epoch + 1, epochs + 1):
-        if train.fail_at_epoch == epoch and start_epoch == 0:
-            raise InjectedFault(f"injected fault at epoch {epoch} (train.fail_at_epoch)")
+        if os.environ.get(FAIL_AT_EPOCH) == str(epoch) and start_epoch == 0:
+            raise InjectedFault(f"injected fault at epoch {epoch} ({FAIL_AT_EPOCH})")
         started, cpu_started = time.perf_counter(), time.process_time()
         try:
             train_loss, train_acc = train_one_epoch(model, optimizer, dataset, config, generator, autocast, bar)

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hero_bench import methods
-from hero_bench.metrics import DENSITY_KEY
+from hero_bench import catalog, rules
 from hero_bench.errors import HeroBenchError, HeroBenchWarning
 
 TRIAL_ID, STATUS, DIVERGED_EPOCH, EPOCHS_DONE, ERROR = "trial_id", "status", "diverged_epoch", "epochs_done", "error"
@@ -28,7 +27,7 @@ DATA, MODEL, NOISE, NOISE_KIND = "data.name", "model.name", "data.label_noise", 
 METHOD, RADIUS, COEF = "optimizer.name", "optimizer.radius", "optimizer.hessian_coef"
 LR, EPOCHS, FACTOR, SEED = "train.lr", "train.epochs", "train.compute_factor", "train.seed"
 FAMILY = "family"  # derived, never stored: see `family`
-DEVICE, GPU_IDS = "device", "gpu_ids"  # where a trial trained (text, never metrics): docs/metrics.md
+DEVICE, GPU_IDS = catalog.DEVICE.name, catalog.GPU_IDS.name  # where a trial trained (text, never metrics)
 
 # Config columns every row has, in this order; other swept keys follow them.
 COLUMNS = [NAME, DATA, MODEL, METHOD, RADIUS, COEF, "optimizer.adaptive", "optimizer.hvp",
@@ -44,8 +43,8 @@ STATUSES = ("completed", "stopped", "diverged", "failed")
 FINAL_STATUSES = ("completed", "diverged", "stopped")  # a trial in one of these is not run again
 # Config columns that hold numbers in every row; other config columns may hold any text.
 NUMERIC_CONFIG = (RADIUS, COEF, NOISE, LR, EPOCHS, SEED)
-# the columns besides config columns that hold text (the Hessian density is JSON); all others are numbers
-TEXT = (TRIAL_ID, STATUS, ERROR, DEVICE, GPU_IDS, DENSITY_KEY)
+# bookkeeping columns that hold text; of the metrics, those the catalog declares text; all others are numbers
+TEXT = (TRIAL_ID, STATUS, ERROR)
 # Per-epoch bookkeeping that Ray adds or that only matters while a trial runs; not trial results.
 NOT_METRICS = {
     "epoch", "lr", "epoch_time_s", ERROR, STATUS, "timestamp", "checkpoint_dir_name", "done",
@@ -65,8 +64,8 @@ class DamagedTableWarning(HeroBenchWarning):
 
 
 def knobs(config):
-    """(ρ, γ) of a trial's Config as its method uses them (see hero_bench.methods.Rule.knobs)."""
-    return methods.METHODS.get(config.optimizer.name).knobs(config.optimizer.radius, config.optimizer.hessian_coef)
+    """(ρ, γ) of a trial's Config as its method uses them (see hero_bench.rules.Rule.knobs)."""
+    return rules.METHODS.get(config.optimizer.name).knobs(config.optimizer.radius, config.optimizer.hessian_coef)
 
 
 def config_family(config):
@@ -112,7 +111,7 @@ def row(trial_id, config, params, result=None, error=None):
     out[DIVERGED_EPOCH] = result.get(DIVERGED_EPOCH)
     out[EPOCHS_DONE] = result.get("epoch", 0) if status != "diverged" else result.get(EPOCHS_DONE)
     out.update({k: v for k, v in result.items()
-                if k not in NOT_METRICS and k not in out and (v is None or is_number(v) or k in TEXT)})
+                if k not in NOT_METRICS and k not in out and (v is None or is_number(v) or is_text(k))})
     if error:
         out[ERROR] = str(error).strip().splitlines()[-1][:300] if str(error).strip() else "error"
     return out
@@ -125,6 +124,11 @@ def table(rows):
     rows = sorted(rows, key=lambda r: str(r[TRIAL_ID]))
     first = sorted(rows, key=lambda r: r[STATUS] != "completed")
     return pd.DataFrame(rows, columns=list(dict.fromkeys(k for r in first for k in r)))
+
+
+def is_text(column):
+    """Whether a column holds text: trial bookkeeping, or a metric the catalog declares text."""
+    return column in TEXT or catalog.is_text(column)
 
 
 def is_number(value):
@@ -177,7 +181,7 @@ def parse(path):
     if missing or len(set(header)) != len(header):
         why = f"lacks column(s) {', '.join(missing)}" if missing else "has a column twice"
         raise HeroBenchError(f"trials table {csv_path} {why}; its header line is damaged or it is not a trials table")
-    numeric = [c for c in header if c in NUMERIC_CONFIG or not (c == NAME or is_config_key(c) or c in TEXT)]
+    numeric = [c for c in header if c in NUMERIC_CONFIG or not (c == NAME or is_config_key(c) or is_text(c))]
     good, damaged, seen = [lines[0]], [], set()
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -277,10 +281,10 @@ def metric_columns(df):
 
 
 def family_name(method, radius, hessian_coef, compute_factor=1):
-    """The method (optimizer.name, ρ, γ) computes (see hero_bench.methods.family), so the (ρ, γ) grid's
+    """The method (optimizer.name, ρ, γ) computes (see hero_bench.rules.family), so the (ρ, γ) grid's
     edges count as sgd and sam; trained for k > 1 times the epochs (train.compute_factor) it is a
     family of its own, `{method}_{k}x`: e.g. sgd_3x, SGD given the gradient evaluations of HERO."""
-    name = methods.family(method, radius, hessian_coef)
+    name = rules.family(method, radius, hessian_coef)
     return name if compute_factor == 1 else f"{name}_{compute_factor:g}x"
 
 

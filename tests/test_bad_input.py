@@ -296,7 +296,7 @@ MISTAKES = [
               experiment=space(train__epochs={"dist": "randint", "low": 1.5, "high": 3})),
     sweep_cli("randint-past-the-range", "sweep.space.train.momentum (dist randint): train.momentum must be in [0, 1), got 1.0",
               experiment=space(train__momentum={"dist": "randint", "low": 0, "high": 2})),
-    sweep_cli("choice-out-of-range", "sweep.space.train.lr.values: train.lr must be in (0, inf), got -1.0",
+    sweep_cli("choice-out-of-range", "sweep.space.train.lr.values: train.lr must be in (0, 1000], got -1.0",
               experiment=space(train__lr={"dist": "choice", "values": [0.1, -1.0]})),
     sweep_cli("random-choice-of-a-model-without-the-base-args", "model.args.hidden is not an option of model 'lenet5'",
               experiment={"sweep": {"search": "random", "space": {"model.name": {"dist": "choice", "values": ["mlp", "lenet5"]}}}}),
@@ -331,11 +331,11 @@ MISTAKES = [
     # ---------------------------------------------------------------- the Python API
     api("api-unknown-method", "unknown method 'adam'; known: gradnorm, hero, sam, sgd", lambda: methods.create("adam", mlp())),
     api("api-unknown-method-option", ("unknown optimizer option 'rho'; known: lr, momentum", "radius"), lambda: methods.create("sam", mlp(), rho=0.1)),
-    api("api-negative-radius", "optimizer.radius must be a finite number >= 0, got -0.1", lambda: methods.create("hero", mlp(), radius=-0.1)),
-    api("api-negative-hessian-coef", "optimizer.hessian_coef must be a finite number >= 0, got -1.0",
+    api("api-negative-radius", "optimizer.radius must be in [0, inf), got -0.1", lambda: methods.create("hero", mlp(), radius=-0.1)),
+    api("api-negative-hessian-coef", "optimizer.hessian_coef must be in [0, inf), got -1.0",
         lambda: methods.create("hero", mlp(), hessian_coef=-1.0)),
     api("api-unknown-hvp-mode", "optimizer.hvp must be one of auto, fd, exact, got 'approx'", lambda: methods.create("hero", mlp(), hvp="approx")),
-    api("api-hessian-every-zero", "optimizer.hessian_every must be an integer >= 1, got 0", lambda: methods.create("hero", mlp(), hessian_every=0)),
+    api("api-hessian-every-zero", "optimizer.hessian_every must be in [1, inf), got 0", lambda: methods.create("hero", mlp(), hessian_every=0)),
     api("api-unknown-model", ("unknown model 'resnet19'; known: ", "resnet20"), lambda: models.create("resnet19", (3, 32, 32), 10)),
     api("api-mlp-width-zero", "model.args.hidden must be a list of integers in [1, 65536], got [8, 0]",
         lambda: models.create("mlp", (1, 4, 4), 3, hidden=[8, 0])),
@@ -348,7 +348,7 @@ MISTAKES = [
         lambda: metrics.hessian_trace(mlp(), F.cross_entropy, [(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long))], probes=0)),
     api("api-negative-sigma", "evaluate.weight_noise.sigmas must be >= 0, got -0.1",
         lambda: metrics.weight_noise_accuracy(mlp(), None, sigmas=[-0.1], draws=1)),
-    api("api-config-lr-zero", "train.lr must be in (0, inf), got 0.0", lambda: config.from_dict({"train": {"lr": 0}})),
+    api("api-config-lr-zero", "train.lr must be in (0, 1000], got 0.0", lambda: config.from_dict({"train": {"lr": 0}})),
 ]
 
 

@@ -1,8 +1,8 @@
 import pytest
 
-from hero_bench import config
+from hero_bench import catalog, config, yamlfile
 from hero_bench.sweep import space as sweep_space
-from hero_bench.train import EPOCH_METRICS, run_trial
+from hero_bench.train import run_trial
 from tiny import experiment
 
 
@@ -50,7 +50,7 @@ def test_aliases_are_read_as_independent_copies(tmp_path):
                            "    - &sam {optimizer.name: [sam], train.lr: &lrs [0.01, 0.1]}\n"
                            "    - {<<: *sam, optimizer.name: [hero]}\n"  # a merge key may override what it merges
                            "    - {optimizer.name: [sgd], train.lr: *lrs}\n")
-    grids = config.read_yaml(path)["sweep"]["space"]
+    grids = yamlfile.read_yaml(path)["sweep"]["space"]
     assert grids[1] == {"optimizer.name": ["hero"], "train.lr": [0.01, 0.1]} and grids[2]["train.lr"] == [0.01, 0.1]
     assert grids[0]["train.lr"] is not grids[2]["train.lr"]  # editing one grid never edits another
     points = sweep_space.union_points(config.load(path).sweep.space)
@@ -61,7 +61,7 @@ def test_a_file_of_aliases_below_the_cap_loads(tmp_path):
     # 10 ** 4 values once expanded: big, but an honest file; the cap is 10 ** 5
     path = write(tmp_path, "name: t\nmodel:\n  args:\n    a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
                  + "".join(f"    {b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abc", "bcd")))
-    assert len(config.read_yaml(path)["model"]["args"]["d"]) == 10
+    assert len(yamlfile.read_yaml(path)["model"]["args"]["d"]) == 10
 
 
 def test_bounds_sit_where_a_typo_is_likely_and_real_values_pass():
@@ -81,13 +81,13 @@ def test_every_trial_config_of_a_random_search_is_checked_for_what_its_factories
 
 
 def test_a_sweep_runs_by_exactly_the_metrics_every_epoch_reports():
-    """sweep.metric's choices (train.EPOCH_METRICS) are what run_trial puts in every report: Ray Tune
-    needs the sweep metric in each one."""
+    """sweep.metric's choices (the catalog's per-epoch metrics) are what run_trial puts in every report:
+    Ray Tune needs the sweep metric in each one."""
     reports = []
     result = run_trial(config.from_dict(experiment(train={"epochs": 2})), report=lambda metrics, state: reports.append(set(metrics)))
     every = set.intersection(*reports)
     # besides the metrics: bookkeeping, and where the trial trained (text)
-    assert every - {"status", "label_noise_realized", "resumed_from_epoch", "device"} == set(EPOCH_METRICS)
+    assert every - {"status", "label_noise_realized", "resumed_from_epoch", "device"} == set(catalog.per_epoch())
     assert set(reports[-1]) == set(result) - {"epochs_done"}  # the last report adds the end-of-training metrics
     assert "test_acc_at_best_val" in result and "test_acc_at_best_val" not in every
     with pytest.raises(config.ConfigError, match="sweep.metric must be one of the metrics every epoch reports"):

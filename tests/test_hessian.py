@@ -13,6 +13,7 @@ from exact import exact_hessian, tiny_batch, tiny_mlp
 from torch import nn
 
 from hero_bench import config, hessian, metrics
+from hero_bench.results import figures
 from hero_bench.errors import ConfigError
 
 
@@ -197,7 +198,7 @@ def test_density_weights_sum_to_one_and_the_broadened_density_integrates_to_one(
     width = (nodes.max() - nodes.min()).item()
     grid = np.linspace(nodes.min().item() - width, nodes.max().item() + width, 200_001)
     for sigma in (0.01 * width, 0.1 * width):
-        curve = hessian.density_curve(nodes, weights, grid, sigma)
+        curve = figures.density_curve(nodes, weights, grid, sigma)
         assert np.trapezoid(curve, grid) == pytest.approx(1.0, abs=1e-6)
 
 

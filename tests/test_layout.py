@@ -11,8 +11,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hero_bench"
-CORE = ("errors", "registry", "atomic", "data", "models", "hvp", "methods", "config", "hessian", "metrics", "train",
-        "trials", "stats")
+CORE = ("errors", "registry", "atomic", "validation", "yamlfile", "catalog", "rules", "data", "models", "hvp", "methods",
+        "config", "hessian", "metrics", "train", "trials", "stats")
+# The side that reads trials tables: never torch, so `hero-bench leaderboard` runs wherever pandas does.
+TABLE_SIDE = ("catalog", "rules", "trials", "stats", "results.leaderboard", "results.comparisons", "results.figures",
+              "results.report", "results.outputs")
+NO_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "torch":
+            raise ImportError("imported torch")
+sys.meta_path.insert(0, NoTorch())
+"""
 
 
 def module_name(path):
@@ -54,6 +65,18 @@ def test_the_core_imports_neither_ray_nor_wandb():
             + "; print(sorted(m for m in ('ray', 'wandb') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_results_side_and_hero_bench_leaderboard_never_import_torch(tmp_path):
+    folder = tmp_path / "quickstart"
+    folder.mkdir()
+    (folder / "trials.csv").write_bytes((ROOT / "results" / "quickstart" / "trials.csv").read_bytes())
+    code = (NO_TORCH + "import " + ", ".join(f"hero_bench.{m}" for m in TABLE_SIDE) + "\n"
+            + f"from hero_bench.cli import main\nassert main(['leaderboard', {str(folder)!r}]) == 0\n"
+            + "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip().endswith("False"), done.stderr[-2000:]
+    assert (folder / "leaderboard.csv").is_file() and list((folder / "figures").glob("*.png"))
 
 
 def test_no_file_cites_a_document_outside_the_repository():

@@ -49,15 +49,6 @@ def test_asha_stops_clearly_worse_configurations_early(tmp_path):
     assert frame.loc[frame["train.lr"] == 0.1, "status"].item() == "completed"
 
 
-def test_a_failing_trial_is_retried_from_its_checkpoint(tmp_path):
-    raw = {**TINY, "train": {**TINY["train"], "epochs": 3, "fail_at_epoch": 2}}
-    raw["sweep"] = {"space": {}, "seeds": [0], "max_failures": 1, "checkpoint_every": 1}
-    frame = sweep.run(config_module.from_dict(raw), results_root=tmp_path / "r", storage=str(tmp_path / "ray"))
-    row = frame.iloc[0]
-    # a restart from scratch would hit the fault again and fail; a resume continues after epoch 1
-    assert row["status"] == "completed" and row["epochs_done"] == 3 and row["resumed_from_epoch"] == 1
-
-
 def test_an_existing_sweep_is_not_overwritten_without_being_told(tmp_path):
     config = make(space={"optimizer.radius": [0.0]})
     sweep.run(config, results_root=tmp_path / "r", storage=str(tmp_path / "ray"))

@@ -7,7 +7,7 @@ from hero_bench import config as config_module
 from hero_bench.config import Config
 from hero_bench.errors import ConfigError
 from hero_bench import data, methods
-from hero_bench.train import InjectedFault, epoch_summary, final_metrics, run_trial
+from hero_bench.train import FAIL_AT_EPOCH, InjectedFault, epoch_summary, final_metrics, run_trial
 from tiny import experiment
 
 
@@ -53,16 +53,17 @@ def test_resuming_from_a_checkpoint_reproduces_the_uninterrupted_run():
     assert resumed["epochs_done"] == 3
 
 
-def test_injected_fault_fires_on_a_fresh_start_only():
+def test_injected_fault_fires_on_a_fresh_start_only(monkeypatch):
+    monkeypatch.setenv(FAIL_AT_EPOCH, "2")
     states = {}
-    with pytest.raises(InjectedFault):
-        run_trial(tiny(train={"epochs": 3, "fail_at_epoch": 2}), report=lambda m, s: states.setdefault(m["epoch"], s))
-    assert run_trial(tiny(train={"epochs": 3, "fail_at_epoch": 2}), resume=states[1])["status"] == "completed"
+    with pytest.raises(InjectedFault, match="at epoch 2"):
+        run_trial(tiny(train={"epochs": 3}), report=lambda m, s: states.setdefault(m["epoch"], s))
+    assert run_trial(tiny(train={"epochs": 3}), resume=states[1])["status"] == "completed"
 
 
 def test_a_diverging_trial_is_recorded_not_raised():
-    result = run_trial(tiny(train={"lr": 1e6}, optimizer={"name": "sgd"}))
-    assert result["status"] == "diverged" and result["diverged_epoch"] == 1
+    result = run_trial(tiny(train={"lr": 1000, "epochs": 3}, optimizer={"name": "sgd"}))  # the largest lr allowed
+    assert result["status"] == "diverged" and result["diverged_epoch"] == 2 and result["epochs_done"] == 1
 
 
 def test_learning_rate_follows_the_cosine_schedule():

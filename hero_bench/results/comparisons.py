@@ -12,11 +12,9 @@ better). `verdict`: the method is `better` or `worse` than the baseline where p_
 `not resolved`; `detectable` is the smallest true difference this n detects with 80% power at the
 5% level (unadjusted), given the spread of the differences.
 """
-import re
-
 import pandas as pd
 
-from hero_bench import stats, trials
+from hero_bench import catalog, stats, trials
 from hero_bench.results.leaderboard import CONFIG_ID, configuration_ids, group_title
 from hero_bench.trials import FAMILY, GROUP_KEYS, SEED, STATUS
 
@@ -31,14 +29,12 @@ COLUMNS = [*GROUP_KEYS, "metric", "method", "baseline", "n", "mean_diff", "ci95_
 
 
 def compared_metrics(df):
-    """The metrics compared, in order: accuracies, then PTQ drops from most to fewest bits."""
-    drops = [c for c in df.columns if re.fullmatch(r"ptq_drop_\d+bit(_per_channel)?", c)]
-    drops.sort(key=lambda c: (c.endswith("_per_channel"), -int(re.search(r"(\d+)bit", c).group(1))))
-    return [m for m in ACCURACIES if m in df] + drops
+    """The metrics compared, in the catalog's order: accuracies, then PTQ drops from most to fewest bits."""
+    return [entry.column for entry in catalog.entries(df.columns, compared=True)]
 
 
 def lower_is_better(metric):
-    return metric.startswith("ptq_drop_")
+    return catalog.describe(metric).metric.higher_is_better is False
 
 
 def comparisons(df, chosen):

@@ -7,6 +7,7 @@ setting (rate and kind). A figure whose axes have no data
 empty.
 """
 import io
+import math
 import re
 import textwrap
 from pathlib import Path
@@ -18,8 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hero_bench.atomic import write_atomic  # noqa: E402
-from hero_bench.hessian import density_curve  # noqa: E402
-from hero_bench.metrics import DENSITY_KEY, density_from_json  # noqa: E402
+from hero_bench import catalog  # noqa: E402
 from hero_bench.results.leaderboard import CONFIG_ID, configuration_ids, select_best  # noqa: E402
 from hero_bench.trials import (  # noqa: E402
     COEF, DATA, FAMILY, METHOD, MODEL, NOISE, NOISE_KIND, RADIUS, STATUS, family_order,
@@ -134,23 +134,28 @@ def heatmap(configs, chosen, title):
     return fig
 
 
-def _bit_widths(chosen, suffix):
-    found = (int(m.group(1)) for c in chosen.columns
-             if (m := re.fullmatch(rf"ptq_acc_(\d+)bit{suffix}_mean", c)) and chosen[c].notna().any())
-    return sorted(found, reverse=True)
+def _quantization_rows(chosen):
+    """(variant, its ptq_acc Entries from most to fewest bits) for each quantization variant (per
+    tensor, per channel) with at least two bit widths that have data."""
+    metrics = [c.removesuffix("_mean") for c in chosen.columns if c.endswith("_mean") and chosen[c].notna().any()]
+    found = catalog.entries(metrics, kind="ptq_acc")
+    variants = dict.fromkeys(entry.metric.variant for entry in found)
+    rows = [(variant, [e for e in found if e.metric.variant == variant]) for variant in variants]
+    return [(variant, entries) for variant, entries in rows if len(entries) >= 2]
 
 
 def ptq(configs, chosen, title):
     """Test accuracy vs weight bit width, one line per family, per tensor (top row) and per channel
     (bottom row, when the trials have it); dashed: float weights; bars: 95% intervals over seeds."""
-    rows = [(suffix, bits) for suffix in ("", "_per_channel") if len(bits := _bit_widths(chosen, suffix)) >= 2]
+    rows = _quantization_rows(chosen)
     if not rows:
         return "fewer than two ptq_acc_{b}bit columns with data"
     settings = _settings(chosen)
     fig, axes = _figure(len(rows), len(settings), f"{title}: test accuracy after post-training quantization "
                         "(dashed: float weights; bars: 95% intervals)", sharey="row")
     families = family_order(chosen[FAMILY])
-    for (suffix, bits), axes_row in zip(rows, axes):
+    for (variant, entries), axes_row in zip(rows, axes):
+        bits = [entry.value for entry in entries]
         for ax, setting in zip(axes_row, settings):
             at = _at(chosen, setting)
             for family in families:
@@ -158,14 +163,14 @@ def ptq(configs, chosen, title):
                 if row.empty:
                     continue
                 row, color = row.iloc[0], _color(family, families)
-                mean = [row[f"ptq_acc_{b}bit{suffix}_mean"] for b in bits]
-                ci = [row[f"ptq_acc_{b}bit{suffix}_ci95"] for b in bits]
+                mean = [row[f"{entry.column}_mean"] for entry in entries]
+                ci = [row[f"{entry.column}_ci95"] for entry in entries]
                 ax.errorbar(bits, mean, yerr=np.nan_to_num(ci), marker="o", capsize=3, color=color, label=family)
                 ax.axhline(row["test_acc_mean"], color=color, linestyle="--", linewidth=1)
             ax.set_xticks(bits)
             ax.invert_xaxis()  # fewer bits to the right: accuracy falls as precision drops
             ax.set_xlabel("weight bit width")
-            ax.set_title(f"{_setting_label(setting)}, {'per channel' if suffix else 'per tensor'}", fontsize=9)
+            ax.set_title(f"{_setting_label(setting)}, {variant or 'per tensor'}", fontsize=9)
             ax.grid(alpha=0.3)
         axes_row[0].set_ylabel("test accuracy (%)")
     _legend(axes[0][-1])
@@ -288,19 +293,27 @@ DENSITY_SIGMA = 1e-5**0.5 / 2  # times the width λ_max − λ_min of the plotte
 DENSITY_FLOOR = 1e-7  # lowest density drawn, relative to the panel's highest
 
 
+def density_curve(nodes, weights, grid, sigma):
+    """φ_σ(t) = Σ_k τ_k N(t; θ_k, σ²) on `grid`: the quadrature's point masses broadened by Gaussians
+    of standard deviation σ, so it integrates to Σ τ_k = 1 over the real line."""
+    nodes, weights, grid = (np.asarray(a, dtype=float) for a in (nodes, weights, grid))
+    z = (grid[:, None] - nodes[None, :]) / sigma
+    return (np.exp(-0.5 * z**2) @ weights) / (sigma * math.sqrt(2 * math.pi))
+
+
 def _seed_densities(trials, row):
     """The hessian_density values of a chosen configuration's completed trials (its seeds); `trials`
     carries each trial's config_id (leaderboard.configuration_ids), as `row` does."""
     done = trials[(trials[CONFIG_ID] == row[CONFIG_ID]) & (trials[STATUS] == "completed")]
-    return [density_from_json(text) for text in done[DENSITY_KEY].dropna()]
+    return [catalog.density_from_json(text) for text in done[catalog.HESSIAN_DENSITY.name].dropna()]
 
 
 def density(trials, chosen, title):
     """Hessian eigenvalue density, log scale, of each family's chosen configuration, one panel per
     label-noise setting: the seeds' quadrature nodes pooled (each seed weighing 1/n), broadened by
     Gaussians of standard deviation DENSITY_SIGMA times the panel's spectral width."""
-    if DENSITY_KEY not in trials or trials[DENSITY_KEY].isna().all():
-        return f"no {DENSITY_KEY} in trials.csv (evaluate.hessian.density is off)"
+    if catalog.HESSIAN_DENSITY.name not in trials or trials[catalog.HESSIAN_DENSITY.name].isna().all():
+        return f"no {catalog.HESSIAN_DENSITY.name} in trials.csv (evaluate.hessian.density is off)"
     pooled = {}
     for _, row in chosen.iterrows():
         seeds = _seed_densities(trials, row)
@@ -309,7 +322,7 @@ def density(trials, chosen, title):
             setting = _settings(chosen.loc[[row.name]])[0]
             pooled[setting, row[FAMILY]] = nodes, np.concatenate([w for _, w in seeds]) / len(seeds)
     if not pooled:
-        return f"no chosen configuration has a {DENSITY_KEY}"
+        return f"no chosen configuration has a {catalog.HESSIAN_DENSITY.name}"
     settings = sorted({setting for setting, _ in pooled})
     fig, axes = _figure(1, len(settings), f"{title}: Hessian eigenvalue density (Gaussian broadening)", sharey=True)
     families = family_order(chosen[FAMILY])

@@ -11,13 +11,12 @@ Statistics over the n completed seeds of a configuration:
 (std and ci95 are NaN for a single seed).
 """
 import html
-import re
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from hero_bench import trials
+from hero_bench import catalog, trials
 from hero_bench.trials import FAMILY, GROUP_KEYS, STATUS, config_columns, family, family_order, is_config_key, metric_columns
 
 CONFIG_ID = "config_id"
@@ -120,19 +119,9 @@ def _edge(best, family):
 # ------------------------------------------------------------------------------------ leaderboard
 
 def shown_metrics(metrics):
-    """Leaderboard metrics in reading order: accuracy, generalization, quantization, curvature,
-    weight noise, cost. Absent metrics are absent."""
-    def bits(m):
-        return int(re.search(r"ptq_acc_(\d+)bit", m).group(1))
-
-    ptq = sorted((m for m in metrics if re.fullmatch(r"ptq_acc_\d+bit", m)), key=bits, reverse=True)
-    ptq_channel = sorted((m for m in metrics if re.fullmatch(r"ptq_acc_\d+bit_per_channel", m)),
-                         key=bits, reverse=True)
-    noise = sorted((m for m in metrics if m.startswith("weight_noise_acc_")),
-                   key=lambda m: float(m.removeprefix("weight_noise_acc_")))
-    order = (["val_acc", "test_acc", "gen_gap"] + ptq + ptq_channel
-             + ["hessian_top_eig", "hessian_trace"] + noise + ["time_per_epoch_s", "grad_evals"])
-    return [m for m in order if m in metrics]
+    """Leaderboard metrics in the catalog's reading order: accuracy, generalization, quantization,
+    curvature, weight noise, cost. Absent metrics are absent."""
+    return [entry.column for entry in catalog.entries(metrics, shown=True)]
 
 
 def leaderboard(df, configs=None):
@@ -181,15 +170,6 @@ def leaderboard(df, configs=None):
 
 # -------------------------------------------------------------------------------------- rendering
 
-def _decimals(value, metric):
-    """Accuracies, drops and gaps in points with 2 decimals, counts whole, anything else 3 significant digits."""
-    if "acc" in metric or metric.startswith("ptq_drop") or metric == "gen_gap":
-        return 2
-    if metric in ("grad_evals", "hvp_evals", "best_val_epoch"):
-        return 0
-    return int(min(4, max(0, 2 - np.floor(np.log10(abs(value)))))) if value else 2
-
-
 def _setting(value):
     """A configuration value as written in an experiment file: 0.03, 100, mlp."""
     if pd.isna(value):
@@ -201,7 +181,7 @@ def _mean_std(mean, std, metric):
     """`mean ± std` with both at the mean's precision."""
     if pd.isna(mean):
         return "–"
-    places = _decimals(mean, metric)
+    places = catalog.decimals(metric, mean)
     return f"{mean:.{places}f}" + ("" if pd.isna(std) else f" ± {std:.{places}f}")
 
 

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import pandas as pd
 import wandb_workspaces.reports.v2 as wr
 
-from hero_bench import trials
+from hero_bench import catalog, trials
 from hero_bench.atomic import write_atomic
 from hero_bench.errors import HeroBenchError
 from hero_bench.results.figures import CAPTIONS, figures_of
@@ -69,7 +69,7 @@ def _panels(df):
                + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(m)) for m in PARALLEL_METRICS])
     panels = [wr.ParallelCoordinatesPlot(title="radius, hessian_coef, label noise -> accuracy", columns=columns,
                                          layout=wr.Layout(w=24, h=8))]
-    ptq = [m for m in metrics if m.startswith("ptq_acc_") and not m.endswith("per_channel")]
+    ptq = [entry.column for entry in catalog.entries(metrics, kind="ptq_acc", variant="")]
     if ptq:
         panels.append(wr.BarPlot(title="test accuracy after PTQ, per bit width (%)", metrics=ptq,
                                  groupby=FAMILY, groupby_aggfunc="mean", groupby_rangefunc="stddev",

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from ray import tune
@@ -160,6 +161,29 @@ def sigterm_as_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
+@dataclass
+class Sweep:
+    """One `hero-bench sweep`, as decided before Ray starts: the experiment and each trial's Config,
+    its param space, where its results and Ray storage go (`experiment`: the sweep's folder in the
+    storage), its sweep.json `marker`, whether it resumes (from plain files, or with `restore` through
+    Ray's pickled state), more Ray Tune `callbacks`, and whether Ray's own output shows (`verbose`)."""
+
+    config: object
+    configs: TrialConfigs
+    space: dict
+    results_dir: Path
+    experiment: str
+    marker: dict
+    resume: bool = False
+    restore: bool = False
+    callbacks: tuple = ()
+    verbose: bool = False
+
+    @property
+    def table(self):
+        return self.results_dir / "trials.csv"
+
+
 def run(config, *, results_root="results", address=None, storage=None, resume=False, overwrite=False,
         trust_storage=False, configs=None, callbacks=(), verbose=False):
     """Run (or resume) a sweep and return its trials table. Writes results/<name>/trials.csv.
@@ -174,7 +198,6 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     hero-bench's header and progress (hero_bench.sweep.console)."""
     started = time.time()
     results_dir = Path(results_root).resolve() / config.name
-    table = results_dir / "trials.csv"
     space = search_space(config)
     configs = configs or TrialConfigs(config)
     configs.check(space)
@@ -187,24 +210,24 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
         stored = folder.read_marker(results_dir)
         resuming.check_unchanged(stored["config"], config)
         marker.update(sweep_id=stored["sweep_id"], storage=storage or stored["storage"])
-        if table.exists():
-            trials.parse(table)  # a table that cannot be read at all is refused now, before Ray starts
+        if (results_dir / "trials.csv").exists():
+            trials.parse(results_dir / "trials.csv")  # a table that cannot be read at all is refused now, before Ray starts
         if restore and not trust_storage:
             raise ConfigError(f"--resume: this sweep draws its trials at random (sweep.search {config.sweep.search} or a "
                               "distribution), which only Ray's pickled experiment state records; continuing it unpickles "
                               f"that state from {marker['storage']}, so pass --trust-storage if you trust that folder like any pickle")
     storage = marker["storage"] or str(Path("ray_results").resolve())
     marker["storage"] = storage if "://" in storage else str(Path(storage).resolve())
-    experiment = f"{marker['storage'].rstrip('/')}/{config.name}"
+    sweep = Sweep(config, configs, space, results_dir, f"{marker['storage'].rstrip('/')}/{config.name}", marker,
+                  resume, restore, tuple(callbacks), verbose)
     with console.ray_quiet(verbose):
         start_ray(address)
         check_resources(config.sweep.resources_per_trial, address)
-        if restore and not tune.Tuner.can_restore(experiment):
-            raise ConfigError(f"--resume: no Ray experiment state at {experiment}; run without --resume to start afresh")
+        if restore and not tune.Tuner.can_restore(sweep.experiment):
+            raise ConfigError(f"--resume: no Ray experiment state at {sweep.experiment}; run without --resume to start afresh")
         lock = folder.prepare(results_dir, resume, overwrite, marker)
         try:
-            frame, total = execute(config, configs, space, table, experiment, marker, resume, restore, callbacks,
-                                   verbose, results_dir)
+            frame, total = execute(sweep)
         finally:
             lock.release()
     if len(frame) < total:
@@ -214,15 +237,16 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     return frame
 
 
-def execute(config, configs, space, table, experiment, marker, resume, restore, callbacks, verbose, results_dir):
+def execute(sweep):
     """Run the sweep's Tuner until every trial has ended or it is interrupted; returns the trials
-    table (written to `table`) and how many trials the sweep has. A resumed grid sweep runs a new
-    Tuner over the trials its plan leaves (hero_bench.sweep.resume); `restore` resumes one through
-    Ray's pickled experiment state instead (Tuner.restore)."""
+    table (written to results/<name>/trials.csv) and how many trials the sweep has. A resumed grid
+    sweep runs a new Tuner over the trials its plan leaves (hero_bench.sweep.resume); `restore`
+    resumes one through Ray's pickled experiment state instead (Tuner.restore)."""
+    config, table, space = sweep.config, sweep.table, sweep.space
     num_samples, checkpoints, recorded = config.sweep.num_samples, {}, None
     total = trial_count(space, num_samples)
-    if resume and not restore:
-        plan = resuming.plan(config, configs, space, table, experiment, marker["sweep_id"])
+    if sweep.resume and not sweep.restore:
+        plan = resuming.plan(config, sweep.configs, space, table, sweep.experiment, sweep.marker["sweep_id"])
         trials.warn_damaged(table, plan.damaged)
         rows = {r[trials.TRIAL_ID]: r for r in plan.rows}
         write_rows(table, rows)  # only the rows kept: a damaged row's trial is run again
@@ -230,30 +254,30 @@ def execute(config, configs, space, table, experiment, marker, resume, restore, 
             return trials.table(rows.values()), len(rows)
         space, num_samples, checkpoints = {POINT: tune.grid_search(plan.points)}, 1, plan.checkpoints
         total = len(rows) + len(plan.points)
-    elif restore:
+    elif sweep.restore:
         recorded = {i: r for i, r in read_rows(table).items() if r[trials.STATUS] in trials.FINAL_STATUSES}
     fn = tune.with_resources(
-        tune.with_parameters(trainable, base=config, sweep_id=marker["sweep_id"], checkpoints=checkpoints, recorded=recorded,
-                             verbose=verbose),
+        tune.with_parameters(trainable, base=config, sweep_id=sweep.marker["sweep_id"], checkpoints=checkpoints,
+                             recorded=recorded, verbose=sweep.verbose),
         vars(config.sweep.resources_per_trial))
-    finished_before = total - trial_count(space, num_samples) if resume and not restore else 0
+    finished_before = total - trial_count(space, num_samples) if sweep.resume and not sweep.restore else 0
     progress = []
-    if not verbose:
+    if not sweep.verbose:
         at_once = console.concurrency(config.sweep.resources_per_trial, config.sweep.max_concurrent_trials)
-        print(console.header(config, total, finished_before, at_once, results_dir, experiment), flush=True)
+        print(console.header(config, total, finished_before, at_once, sweep.results_dir, sweep.experiment), flush=True)
         progress = [console.Progress(total, finished_before, config.sweep.metric)]
-    if not restore:
-        sheet = TrialsTable(configs, table)
+    if not sweep.restore:
+        sheet = TrialsTable(sweep.configs, table)
         run_config = tune.RunConfig(
-            name=config.name, storage_path=marker["storage"],
-            callbacks=[*ray_loggers(config.tracking), sheet, *progress, *callbacks],
+            name=config.name, storage_path=sweep.marker["storage"],
+            callbacks=[*ray_loggers(config.tracking), sheet, *progress, *sweep.callbacks],
             failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1 if verbose else 0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1 if sweep.verbose else 0,
         )
         tuner = tune.Tuner(fn, param_space=space, tune_config=make_tune_config(config, num_samples), run_config=run_config)
     else:
         # the TrialsTable, like every callback, comes back from the pickled state; it keeps trials.csv
-        tuner = tune.Tuner.restore(experiment, trainable=fn, resume_errored=True)
+        tuner = tune.Tuner.restore(sweep.experiment, trainable=fn, resume_errored=True)
     with without_auto_loggers(), ray_resume_advice_muted(), sigterm_as_ctrl_c():
         try:
             tuner.fit()
@@ -261,6 +285,6 @@ def execute(config, configs, space, table, experiment, marker, resume, restore, 
             pass
     for bar in progress:
         bar.close()
-    rows = read_rows(table) if restore else sheet.rows
+    rows = read_rows(table) if sweep.restore else sheet.rows
     write_rows(table, rows)
     return trials.table(rows.values()), total

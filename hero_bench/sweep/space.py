@@ -16,9 +16,8 @@ import pandas as pd
 from ray import tune
 
 from hero_bench import config as config_module
-from hero_bench import trials
+from hero_bench import catalog, trials
 from hero_bench.errors import ConfigError
-from hero_bench.train import EPOCH_METRICS
 from hero_bench.trials import FAMILY, GROUP_KEYS, SEED
 
 DISTRIBUTIONS = {
@@ -63,9 +62,9 @@ def search_space(config):
 def check_sweep(sweep):
     """What the sweep asks of Ray, before any value is read: a metric in every report, a grid, and
     at most MAX_TRIALS trials (counted from the axes' lengths, so a huge grid is never enumerated)."""
-    if sweep.metric not in EPOCH_METRICS:
+    if sweep.metric not in catalog.per_epoch():
         raise ConfigError(f"sweep.metric must be one of the metrics every epoch reports (Ray Tune needs it in each "
-                          f"report): {', '.join(EPOCH_METRICS)}; got {sweep.metric!r:.80}")
+                          f"report): {', '.join(catalog.per_epoch())}; got {sweep.metric!r:.80}")
     if sweep.space == []:
         raise ConfigError("sweep.space is an empty list: give a mapping of keys, or a list of grids to run their union")
     if sweep.search == "optuna":
