@@ -15,7 +15,8 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from hero_bench import data, methods, models, validation
+from hero_bench import catalog, data, methods, models, rules, validation
+from hero_bench.trials import GROUP_KEYS
 from hero_bench.errors import ConfigError
 from hero_bench.methods import OptimizerConfig
 from hero_bench.validation import one_of, show, within
@@ -127,6 +128,8 @@ class SweepConfig:
     max_concurrent_trials: int | None = within("[1, inf)", None)
     max_failures: int = within("[-1, inf)", 2)  # -1: retry without end (Ray's meaning)
     checkpoint_every: int = within("[1, inf)", 1)
+    confirm_seeds: list[int] = within(SEEDS, default_factory=list)  # fresh seeds for each family's chosen configuration
+    bracket: int = within("[0, 10]", 0)  # rounds that extend a family's grid past an end where its choice sits
 
 
 @dataclass
@@ -135,6 +138,20 @@ class TrackingConfig:
     project: str = "hero-bench"
     entity: str | None = None
     tensorboard: bool = False  # also write Ray Tune's TensorBoard event files (off: they cost the sweep driver more than all else per epoch)
+
+
+@dataclass
+class Hypothesis:
+    """A claim declared before the sweep runs: `method` − `baseline` on `metric` is `greater` (or
+    `less`) than 0, in each group of `groups` ("all", or a mapping of group keys such as
+    data.label_noise to a value or a list of values). Method and baseline are method families
+    (sgd, sam, hero, gradnorm, sgd_3x, ...). Holm's adjustment runs over exactly these."""
+
+    method: str
+    baseline: str
+    metric: str = "test_acc"
+    direction: str = one_of(("greater", "less"), "greater")
+    groups: str | dict = "all"
 
 
 @dataclass
@@ -147,6 +164,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    hypotheses: list[Hypothesis] = field(default_factory=list)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -179,7 +197,41 @@ def validate(config):
     resources = config.sweep.resources_per_trial
     if resources.cpu == resources.gpu == 0:
         raise ConfigError("sweep.resources_per_trial needs cpu > 0 or gpu > 0 (Ray Tune cannot place a trial that asks for nothing)")
+    check_stages(config.sweep)
+    for index, hypothesis in enumerate(config.hypotheses):
+        check_hypothesis(f"hypotheses[{index}]", hypothesis)
     return config
+
+
+def check_stages(sweep):
+    """Confirmation seeds fresh, and the stages after tuning only where the configurations are explicit."""
+    again = sorted(set(sweep.confirm_seeds) & set(sweep.seeds))
+    if again:
+        raise ConfigError(f"sweep.confirm_seeds must be fresh seeds, not in sweep.seeds: {again[0]} is in both")
+    if len(set(sweep.confirm_seeds)) < len(sweep.confirm_seeds):
+        raise ConfigError("sweep.confirm_seeds lists a seed twice")
+    if (sweep.confirm_seeds or sweep.bracket) and sweep.search != "grid":
+        raise ConfigError(f"sweep.confirm_seeds and sweep.bracket need sweep.search: grid, got {sweep.search}")
+
+
+def check_hypothesis(where, hypothesis):
+    """A hypothesis names method families, a metric the catalog declares with a direction, and groups by
+    the keys that make a group."""
+    for role in ("method", "baseline"):
+        name = getattr(hypothesis, role)
+        if not rules.is_family(name):
+            raise ConfigError(f"{where}.{role}: {show(name)} is no method family; a family is a method "
+                              f"({', '.join(methods.METHODS.names())}) or one trained k times as long (sgd_3x)")
+    entry = catalog.describe(hypothesis.metric)
+    if entry is None or entry.metric.text or entry.metric.higher_is_better is None:
+        raise ConfigError(f"{where}.metric: {show(hypothesis.metric)} is not a metric with a better direction; "
+                          "e.g. test_acc, test_acc_at_best_val, ptq_drop_3bit")
+    if isinstance(hypothesis.groups, str) and hypothesis.groups != "all":
+        raise ConfigError(f"{where}.groups must be 'all' or a mapping of {', '.join(GROUP_KEYS)} to values, "
+                          f"got {show(hypothesis.groups)}")
+    unknown = sorted(set(hypothesis.groups) - set(GROUP_KEYS)) if isinstance(hypothesis.groups, dict) else []
+    if unknown:
+        raise ConfigError(f"{where}.groups.{unknown[0]} is not a group key; groups are made by {', '.join(GROUP_KEYS)}")
 
 
 def check_name(key, name):

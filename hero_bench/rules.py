@@ -75,3 +75,17 @@ def family(name, radius, hessian_coef):
         return name
     rules = (METHODS.get(other) for other in METHODS.names())
     return next((other.name for other in rules if other.gradient is None and (other.perturbs, other.hessian) == acts), name)
+
+
+def family_name(method, radius, hessian_coef, compute_factor=1):
+    """The family of a configuration: the method (optimizer.name, ρ, γ) computes (see `family`), so the
+    (ρ, γ) grid's edges count as sgd and sam; trained for k > 1 times the epochs (train.compute_factor)
+    it is a family of its own, `{method}_{k}x`: e.g. sgd_3x, SGD given the gradient evaluations of HERO."""
+    name = family(method, radius, hessian_coef)
+    return name if compute_factor == 1 else f"{name}_{compute_factor:g}x"
+
+
+def is_family(name):
+    """Whether `name` can be a family: a registered method, or one trained k times as long (`sgd_3x`)."""
+    method, _, factor = name.rpartition("_")
+    return name in METHODS or (method in METHODS and factor.endswith("x") and factor[:-1].isdigit() and int(factor[:-1]) > 1)

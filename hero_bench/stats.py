@@ -22,7 +22,8 @@ def paired_difference(a, b, confidence=0.95):
     Returns {n, mean, low, high, p, sd}: mean of a − b, its t-interval at `confidence`, the two-sided
     paired t-test's p-value and the standard deviation of the differences. With fewer than two pairs
     the interval and p are NaN; with identical differences (sd 0) the interval is the mean itself and
-    p is 0 if the mean is not 0, else 1.
+    p is NaN: no test can tell such a difference from chance (a single test example can make it);
+    differences equal to within 1e-9 (relative) count as identical.
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
@@ -36,8 +37,10 @@ def paired_difference(a, b, confidence=0.95):
     if n < 2:
         return {"n": n, "mean": mean, "low": math.nan, "high": math.nan, "p": math.nan, "sd": math.nan}
     sd = float(d.std(ddof=1))
+    if sd <= 1e-9 * max(1.0, abs(mean)):  # identical but for rounding: 98.33 − 98.05 and 97.50 − 97.22
+        sd = 0.0
     if sd == 0:
-        return {"n": n, "mean": mean, "low": mean, "high": mean, "p": 0.0 if mean else 1.0, "sd": 0.0}
+        return {"n": n, "mean": mean, "low": mean, "high": mean, "p": math.nan, "sd": 0.0}
     half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
     p = float(stats.ttest_rel(a[keep], b[keep]).pvalue)
     return {"n": n, "mean": mean, "low": mean - half, "high": mean + half, "p": p, "sd": sd}
@@ -58,7 +61,7 @@ def holm(p_values):
 
 def detectable_effect(sd, n, alpha=0.05, power=0.8):
     """The smallest mean difference a two-sided paired t-test at level `alpha` detects with `power`,
-    for n pairs whose differences have standard deviation `sd` (NaN below two pairs)."""
-    if n < 2 or not math.isfinite(sd):
+    for n pairs whose differences have standard deviation `sd` (NaN below two pairs or without spread)."""
+    if n < 2 or not sd > 0 or not math.isfinite(sd):  # no spread: the t approximation says nothing
         return math.nan
     return (stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n)

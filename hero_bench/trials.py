@@ -22,6 +22,9 @@ from hero_bench import catalog, rules
 from hero_bench.errors import HeroBenchError, HeroBenchWarning
 
 TRIAL_ID, STATUS, DIVERGED_EPOCH, EPOCHS_DONE, ERROR = "trial_id", "status", "diverged_epoch", "epochs_done", "error"
+# The stage of the sweep a trial ran in: `tune` (the grid), `bracket-1`, `bracket-2`, ... (rounds that
+# extend a grid past an edge; tuning too), `confirm` (a chosen configuration on the confirmation seeds).
+STAGE, TUNE, CONFIRM = "stage", "tune", "confirm"
 NAME = "name"
 DATA, MODEL, NOISE, NOISE_KIND = "data.name", "model.name", "data.label_noise", "data.label_noise_kind"
 METHOD, RADIUS, COEF = "optimizer.name", "optimizer.radius", "optimizer.hessian_coef"
@@ -35,8 +38,8 @@ COLUMNS = [NAME, DATA, MODEL, METHOD, RADIUS, COEF, "optimizer.adaptive", "optim
 GROUP_KEYS = [DATA, MODEL, NOISE, NOISE_KIND]  # results compare methods within these
 REQUIRED = (TRIAL_ID, STATUS, DATA, MODEL, METHOD, RADIUS, COEF, NOISE, SEED, "val_acc", "test_acc")
 # Columns added after tables were first written, with the value every older row had.
-ADDED = {NOISE_KIND: "uniform", FACTOR: 1}
-BOOKKEEPING = (TRIAL_ID, STATUS, DIVERGED_EPOCH)
+ADDED = {NOISE_KIND: "uniform", FACTOR: 1, STAGE: TUNE}
+BOOKKEEPING = (TRIAL_ID, STATUS, DIVERGED_EPOCH, STAGE)
 # completed: ran every epoch; stopped: ended early by the scheduler (ASHA); diverged: NaN/inf loss;
 # failed: raised (after its retries).
 STATUSES = ("completed", "stopped", "diverged", "failed")
@@ -44,7 +47,7 @@ FINAL_STATUSES = ("completed", "diverged", "stopped")  # a trial in one of these
 # Config columns that hold numbers in every row; other config columns may hold any text.
 NUMERIC_CONFIG = (RADIUS, COEF, NOISE, LR, EPOCHS, SEED)
 # bookkeeping columns that hold text; of the metrics, those the catalog declares text; all others are numbers
-TEXT = (TRIAL_ID, STATUS, ERROR)
+TEXT = (TRIAL_ID, STATUS, ERROR, STAGE)
 # Per-epoch bookkeeping that Ray adds or that only matters while a trial runs; not trial results.
 NOT_METRICS = {
     "epoch", "lr", "epoch_time_s", ERROR, STATUS, "timestamp", "checkpoint_dir_name", "done",
@@ -69,8 +72,8 @@ def knobs(config):
 
 
 def config_family(config):
-    """The method family of a trial's Config (see `family_name`)."""
-    return family_name(config.optimizer.name, *knobs(config), config.train.compute_factor)
+    """The method family of a trial's Config (see hero_bench.rules.family_name)."""
+    return rules.family_name(config.optimizer.name, *knobs(config), config.train.compute_factor)
 
 
 def ran(config):
@@ -94,10 +97,10 @@ def config_row(config, params):
     return out
 
 
-def row(trial_id, config, params, result=None, error=None):
-    """One row: the trial's config columns (`config_row`), its status and its last reported metrics
-    `result` (numbers, and the text columns of TEXT: every other column of the table holds numbers)."""
-    out = {TRIAL_ID: trial_id, **config_row(config, params)}
+def row(trial_id, config, params, result=None, error=None, stage=TUNE):
+    """One row: the trial's config columns (`config_row`), its stage and status and its last reported
+    metrics `result` (numbers, and the text columns of TEXT: every other column of the table holds numbers)."""
+    out = {TRIAL_ID: trial_id, **config_row(config, params), STAGE: stage}
     result = result or {}
     if error:
         status = "failed"
@@ -215,6 +218,8 @@ def row_problem(values, header, numeric, seen):
         return f"trial_id {trial_id!r} " + ("again" if trial_id else "missing")
     if status not in STATUSES:
         return f"status {status[:40]!r}"
+    if not is_stage(cells.get(STAGE) or TUNE):
+        return f"stage {cells[STAGE][:40]!r}"
     for column in numeric:
         value = cells[column].strip()
         if value and not number_text(value):
@@ -225,6 +230,10 @@ def row_problem(values, header, numeric, seen):
         return f"{status} row without {', '.join(empty)}"
     seen.add(trial_id)
     return None
+
+
+def is_stage(text):
+    return text in (TUNE, CONFIRM) or (text.startswith("bracket-") and text[len("bracket-"):].isdigit())
 
 
 def number_text(text):
@@ -280,21 +289,23 @@ def metric_columns(df):
             if c not in config and c not in BOOKKEEPING and pd.api.types.is_numeric_dtype(df[c])]
 
 
-def family_name(method, radius, hessian_coef, compute_factor=1):
-    """The method (optimizer.name, ρ, γ) computes (see hero_bench.rules.family), so the (ρ, γ) grid's
-    edges count as sgd and sam; trained for k > 1 times the epochs (train.compute_factor) it is a
-    family of its own, `{method}_{k}x`: e.g. sgd_3x, SGD given the gradient evaluations of HERO."""
-    name = rules.family(method, radius, hessian_coef)
-    return name if compute_factor == 1 else f"{name}_{compute_factor:g}x"
+def tuning(df):
+    """The rows of the tuning stages (the grid and its bracketing rounds): what chooses configurations."""
+    return df[with_added_columns(df)[STAGE] != CONFIRM]
+
+
+def confirmation(df):
+    """The rows of the confirmation stage: the chosen configurations on fresh seeds."""
+    return df[with_added_columns(df)[STAGE] == CONFIRM]
 
 
 def family(row_or_df):
-    """Method family (see family_name) of a trial row (-> str) or of every row of a DataFrame (-> Series)."""
+    """Method family (see hero_bench.rules.family_name) of a trial row (-> str) or of every row of a DataFrame (-> Series)."""
     if isinstance(row_or_df, pd.DataFrame):
         df = with_added_columns(row_or_df)
-        names = [family_name(*r) for r in zip(df[METHOD], df[RADIUS], df[COEF], df[FACTOR])]
+        names = [rules.family_name(*r) for r in zip(df[METHOD], df[RADIUS], df[COEF], df[FACTOR])]
         return pd.Series(names, index=df.index, name=FAMILY, dtype=object)
-    return family_name(row_or_df[METHOD], row_or_df[RADIUS], row_or_df[COEF], row_or_df.get(FACTOR, 1))
+    return rules.family_name(row_or_df[METHOD], row_or_df[RADIUS], row_or_df[COEF], row_or_df.get(FACTOR, 1))
 
 
 def family_order(families):
@@ -302,3 +313,40 @@ def family_order(families):
     preferred = ("sgd", "sgd_2x", "sgd_3x", "sam", "hero", "gradnorm")
     known = [f for f in preferred if f in set(families)]
     return known + sorted(set(families) - set(preferred))
+
+
+# ------------------------------------------------------------------------------------ per epoch
+# history.csv: one row per trial and epoch, as the trial reported it (train_acc_noisy: the accuracy
+# on the epoch's batches, on the labels the trial trained on: its memorization of noisy labels).
+HISTORY_COLUMNS = [TRIAL_ID, "epoch", "train_loss", "train_acc_noisy", "val_acc", "test_acc"]
+HISTORY_FROM = {"train_acc_noisy": "train_acc"}  # history.csv column -> the key of the epoch's report
+
+
+def history_row(trial_id, result):
+    """history.csv's row of one epoch's report, or None for a report that is not an epoch's."""
+    if not is_number(result.get("epoch")) or result.get(STATUS) == "diverged":
+        return None
+    return [trial_id, *(result.get(HISTORY_FROM.get(c, c)) for c in HISTORY_COLUMNS[1:])]
+
+
+def append_history(path, rows):
+    """Append rows (see history_row) to history.csv, with its header if the file is new."""
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(HISTORY_COLUMNS)
+        writer.writerows(rows)
+
+
+def history_table(path, trial_ids):
+    """history.csv's rows of the trials `trial_ids`, one per trial and epoch (a retried or resumed
+    trial's repeated epochs: the last report), ordered by trial and epoch."""
+    try:
+        frame = pd.read_csv(path, dtype={TRIAL_ID: str})
+    except (OSError, ValueError, pd.errors.ParserError):
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    frame = frame[frame[TRIAL_ID].isin(set(trial_ids))]
+    frame = frame.drop_duplicates([TRIAL_ID, "epoch"], keep="last")
+    return frame.sort_values([TRIAL_ID, "epoch"], kind="stable")[HISTORY_COLUMNS]

@@ -103,7 +103,9 @@ def coerce(value, tp, key):
                 pass
     elif origin is list:
         if isinstance(value, list):
-            return [coerce(item, typing.get_args(tp)[0], key) for item in value]
+            item = typing.get_args(tp)[0]
+            where = (lambda i: f"{key}[{i}]") if dataclasses.is_dataclass(item) else (lambda i: key)  # hypotheses[0]
+            return [coerce(v, item, where(i)) for i, v in enumerate(value)]
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
             return build(tp, value, key + ".")
@@ -146,6 +148,9 @@ def build(cls, raw, prefix=""):
     unknown = sorted(set(raw) - set(known), key=str)
     if unknown:
         raise ConfigError(f"unknown key {show(prefix + str(unknown[0]))}; allowed in this section: {', '.join(known)}")
+    for f in dataclasses.fields(cls):
+        if f.name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix.rstrip('.')}: {f.name} is required")
     return cls(**{name: coerce(raw[name], hints[name], prefix + name) for name in known if name in raw})
 
 
@@ -168,6 +173,9 @@ def check(obj, prefix=""):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             check(value, prefix + f.name + ".")
+        elif isinstance(value, list) and value and all(dataclasses.is_dataclass(item) for item in value):
+            for index, item in enumerate(value):
+                check(item, f"{prefix}{f.name}[{index}].")
         else:
             check_rule(f.metadata, prefix + f.name, value)
     return obj

@@ -20,6 +20,7 @@ from hero_bench import cli
 from hero_bench.sweep import space as sweep_space
 from hero_bench import config as config_module
 from hero_bench.train import run_trial
+from hero_bench import trials
 from hero_bench.trials import GPU_IDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,13 +92,42 @@ def test_every_claim_experiment_gives_every_family_the_same_budget_with_the_lear
     for _, group in budgets.groupby(["data.name", "model.name", "data.label_noise", "data.label_noise_kind"]):
         assert group["configurations"].nunique() == 1, group[["family", "configurations"]]
         assert all("train.lr" in swept for swept in group["swept"]), group[["family", "swept"]]
-        # a real SGD family and SGD given the compute of SAM (2 gradients a step) and HERO (3)
-        assert {"sgd", "sgd_2x", "sgd_3x", "sam", "hero"} <= set(group["family"])
+        # a real SGD family and SGD given the compute of HERO (3 gradients a step)
+        assert {"sgd", "sgd_3x", "sam", "hero"} <= set(group["family"])
         assert (group.loc[group["family"] == "sgd", "swept"].iloc[0] == ["train.lr", "train.weight_decay"])
     families = sweep_space.TrialConfigs(config)
     sgd = [families.get(p) for p in sweep_space.grid_params(sweep_space.search_space(config))]
     assert any(c.optimizer.name == "sgd" for c in sgd)  # SGD by name, not HERO at radius 0
     assert len(config.sweep.seeds) >= (10 if path.stem.startswith("mnist1d") else 5)
+
+
+@pytest.mark.parametrize("path", CLAIMS, ids=claim_ids)
+def test_every_swept_key_of_a_claim_grid_has_three_values_or_more(path):
+    """Two values cannot bracket an optimum: with three, a choice inside the grid is bracketed."""
+    config = config_module.load(path)
+    configs = sweep_space.TrialConfigs(config)
+    points = sweep_space.points(sweep_space.search_space(config), 1)
+    rows = pd.DataFrame([trials.row("", configs.get(p), sweep_space.trial_params(p)) for p in points])
+    rows["family"] = trials.family(rows)
+    budgets = sweep_space.tuning_budgets(config)
+    for keys, members in rows.groupby(trials.GROUP_KEYS + ["family"], dropna=False):
+        swept = budgets[(budgets[trials.GROUP_KEYS + ["family"]].astype(str) == [str(k) for k in keys]).all(axis=1)]["swept"]
+        for key in swept.iloc[0]:
+            family = keys[-1]
+            assert members[key].nunique() >= 3, (path.stem, family, key, sorted(members[key].unique()))
+
+
+MNIST1D_CLAIMS = [path for path in CLAIMS if path.stem.startswith("mnist1d")]
+
+
+@pytest.mark.parametrize("path", MNIST1D_CLAIMS, ids=[path.stem for path in MNIST1D_CLAIMS])
+def test_a_mnist1d_claim_file_is_confirmatory(path):
+    """Hypotheses declared in the file, fresh confirmation seeds (at least 10), grids that bracket."""
+    config = config_module.load(path)
+    assert config.hypotheses and {h.method for h in config.hypotheses} == {"hero"}
+    assert {h.baseline for h in config.hypotheses} >= {"sgd", "sam", "sgd_3x"}
+    assert len(config.sweep.confirm_seeds) >= 10 and not set(config.sweep.confirm_seeds) & set(config.sweep.seeds)
+    assert config.sweep.bracket >= 1
 
 
 @pytest.mark.parametrize("path", CLAIMS, ids=claim_ids)

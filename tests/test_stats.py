@@ -36,8 +36,8 @@ def test_pairs_with_a_missing_value_are_dropped_and_degenerate_cases_are_defined
     assert got["n"] == 2 and got["mean"] == pytest.approx(1.5)
     single = paired_difference([1.0], [0.5])
     assert single["n"] == 1 and single["mean"] == 0.5 and math.isnan(single["p"]) and math.isnan(single["low"])
-    same = paired_difference([1.0, 2.0], [0.0, 1.0])
-    assert (same["low"], same["high"], same["p"]) == (1.0, 1.0, 0.0)
+    same = paired_difference([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])  # identical differences: no test, no p
+    assert (same["low"], same["high"], same["sd"]) == (1.0, 1.0, 0.0) and math.isnan(same["p"])
     with pytest.raises(ValueError, match="same length"):
         paired_difference([1.0, 2.0], [1.0])
 

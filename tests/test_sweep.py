@@ -6,6 +6,7 @@ from hero_bench import config as config_module
 from hero_bench import sweep, trials
 from hero_bench.errors import ConfigError
 from hero_bench.train import run_trial
+from hero_bench.results import outputs
 from tiny import experiment
 
 TINY = experiment(
@@ -69,3 +70,33 @@ def test_ray_writes_its_per_trial_result_files_and_tensorboard_events_only_on_re
     progress = pd.read_csv(trial_dir / "progress.csv")
     assert list(progress["epoch"]) == [1, 2] and len((trial_dir / "result.json").read_text().splitlines()) == 2
     assert bool(list(trial_dir.glob("events.out.tfevents.*"))) == tensorboard
+
+
+def test_one_sweep_tunes_brackets_then_confirms_and_resumes_its_stages(tmp_path):
+    raw = experiment(name="staged", sweep={
+        "space": [{"optimizer.name": ["sgd"], "train.lr": [0.01, 0.02, 0.04]},
+                  {"optimizer.name": ["sam"], "train.lr": [0.01, 0.02, 0.04], "optimizer.radius": [0.05]}],
+        "seeds": [0, 1], "confirm_seeds": [5, 6], "bracket": 1, "checkpoint_every": 2},
+        hypotheses=[{"method": "sam", "baseline": "sgd"}])
+    config = config_module.from_dict(raw)
+    results = tmp_path / "r" / "staged"
+    frame = sweep.run(config, results_root=tmp_path / "r", storage=str(tmp_path / "ray"))
+    stages = frame.groupby("stage")["trial_id"].count().to_dict()
+    # 6 configurations x 2 seeds; both families end at their largest lr: one step past it each; 2 choices x 2 seeds
+    assert stages == {"tune": 12, "bracket-1": 4, "confirm": 4}
+    assert set(frame.loc[frame["stage"] == "bracket-1", "train.lr"]) == {0.08}
+    confirmed = frame[frame["stage"] == "confirm"]
+    assert set(confirmed["train.seed"]) == {5, 6} and set(frame.loc[frame["stage"] != "confirm", "train.seed"]) == {0, 1}
+    history = pd.read_csv(results / "history.csv", dtype={"trial_id": str})
+    assert len(history) == len(history.drop_duplicates(["trial_id", "epoch"])) == frame["epochs_done"].sum()
+    assert set(history["trial_id"]) == set(frame["trial_id"])
+    # --resume after the confirmation trials were lost runs exactly those again, as sweep.json recorded them
+    kept = pd.read_csv(results / "trials.csv", dtype={"trial_id": str})
+    kept[kept["stage"] != "confirm"].to_csv(results / "trials.csv", index=False)
+    again = sweep.run(config, results_root=tmp_path / "r", storage=str(tmp_path / "ray"), resume=True)
+    before, after = (f[f["stage"] == "confirm"].sort_values(["optimizer.name", "train.seed"]) for f in (frame, again))
+    assert len(again) == 20 and list(after["test_acc"]) == list(before["test_acc"])
+    written, _ = outputs.write(results)
+    paired = pd.read_csv(results / "comparisons.csv")
+    claim = paired[paired["hypothesis"] != ""].iloc[0]
+    assert (claim["method"], claim["baseline"], claim["seeds"], claim["role"]) == ("sam", "sgd", "confirm", "confirmatory")

@@ -124,29 +124,70 @@ def shown_metrics(metrics):
     return [entry.column for entry in catalog.entries(metrics, shown=True)]
 
 
+STABILITY_RESAMPLES = 1000  # bootstrap resamples of the tuning seeds behind each choice's stability
+UNSTABLE = 0.8  # a choice that fewer resamples than this make again is flagged `unstable`
+
+
+def selection_stability(df, configs, chosen, resamples=STABILITY_RESAMPLES, seed=0):
+    """Per chosen configuration (a row of select_best), the fraction of `resamples` bootstrap resamples
+    of the tuning seeds (n seeds drawn with replacement, numpy's generator seeded with `seed`, the
+    same draws for every family) in which the rule of select_best, applied to the mean validation
+    accuracy over the resampled seeds, chooses it again among its family's completed configurations.
+    `df`: the tuning trials that per_config summarized into `configs`."""
+    done = trials.with_added_columns(df).assign(**{CONFIG_ID: configuration_ids(df)})
+    done = done[done[STATUS] == "completed"]
+    seeds = np.sort(df[trials.SEED].unique())
+    draws = np.random.default_rng(seed).integers(0, len(seeds), size=(resamples, len(seeds)))
+    values = done.pivot_table(index=CONFIG_ID, columns=trials.SEED, values="val_acc").reindex(columns=seeds)
+    eligible = configs[(configs[STATUS] == "completed") & configs["val_acc_mean"].notna()]
+    out = []
+    for _, best in chosen.iterrows():
+        members = eligible[(eligible[GROUP_KEYS + [FAMILY]].astype(str) == best[GROUP_KEYS + [FAMILY]].astype(str)).all(axis=1)]
+        means = values.loc[members[CONFIG_ID]].to_numpy()[:, draws].mean(axis=2)  # configurations x resamples
+        cost = members["grad_evals_mean"].to_numpy() if "grad_evals_mean" in members else np.zeros(len(members))
+        order = np.lexsort((np.arange(len(members)), cost))  # ties go to fewer gradient evaluations, then the first
+        tied = means >= means.max(axis=0) - 1e-9
+        picked = members[CONFIG_ID].to_numpy()[order[tied[order].argmax(axis=0)]]
+        out.append(float(np.mean(picked == best[CONFIG_ID])))
+    return out
+
+
 def leaderboard(df, configs=None):
-    """Leaderboard of a trials table.
+    """Leaderboard of a trials table (every stage: the tuning stages choose, the confirmation stage
+    re-tests the choices on fresh seeds).
 
     Per (data.name, model.name, data.label_noise): one row per method family with the configuration
-    chosen by mean validation accuracy (status completed), then one row per diverged configuration
-    (status diverged, never chosen). Columns: group keys, family, status, config, n_seeds, n_trials,
-    configurations, tied and edge (see select_best), m_mean and m_std per shown metric, test_acc_ci95, best_test_acc (True where the group's best test accuracy
-    is), gain_vs_sgd and gain_vs_sam (test_acc_mean minus that family's, in points).
-    `configs`: per_config(df), when the caller has it already.
+    chosen by mean validation accuracy over the tuning seeds (status completed), then one row per
+    diverged configuration (status diverged, never chosen). Columns: group keys, family, status,
+    config, n_seeds, n_trials, configurations, tied and edge (see select_best), stability (see
+    selection_stability), m_mean and m_std per shown metric, test_acc_ci95 (all over the tuning
+    seeds), confirm_seeds with confirm_test_acc_mean and _std (the chosen configuration on the
+    confirmation seeds, where the sweep ran them), best_test_acc (True where the group's best test
+    accuracy is), gain_vs_sgd and gain_vs_sam (test_acc_mean minus that family's, in points).
+    `configs`: per_config of the tuning stages, when the caller has it already.
     """
     df = trials.with_added_columns(df)
-    configs = per_config(df) if configs is None else configs
+    tuning = trials.tuning(df)
+    configs = per_config(tuning) if configs is None else configs
     metrics = shown_metrics(metric_columns(df))
     config = [c for c in config_columns(df) if c not in GROUP_KEYS + [trials.NAME, trials.SEED]]
-    columns = (GROUP_KEYS + [FAMILY, STATUS] + config + ["n_seeds", "n_trials", "configurations", "tied", "edge"]
+    columns = (GROUP_KEYS + [FAMILY, STATUS] + config + ["n_seeds", "n_trials", "configurations", "tied", "edge", "stability"]
                + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["test_acc_ci95"])
     if configs.empty:
         return pd.DataFrame(columns=columns)
     best = select_best(configs)
+    best["stability"] = selection_stability(tuning, configs, best)
     diverged = configs[configs[STATUS] == "diverged"]
     board = pd.concat([best, diverged], ignore_index=True).rename(columns={"n_completed": "n_seeds"})
     if trials.DIVERGED_EPOCH in board and (board[STATUS] == "diverged").any():
         columns.insert(columns.index(STATUS) + 1, trials.DIVERGED_EPOCH)
+    confirmed = trials.confirmation(df.assign(**{CONFIG_ID: configuration_ids(df)}))
+    confirmed = confirmed[confirmed[STATUS] == "completed"].groupby(CONFIG_ID)["test_acc"]
+    if len(confirmed):
+        board["confirm_seeds"] = board[CONFIG_ID].map(confirmed.count())
+        board["confirm_test_acc_mean"] = board[CONFIG_ID].map(confirmed.mean())
+        board["confirm_test_acc_std"] = board[CONFIG_ID].map(confirmed.std())
+        columns += ["confirm_seeds", "confirm_test_acc_mean", "confirm_test_acc_std"]
     board = board[columns]
     # A diverged configuration's surviving seeds are not a result; its stats stay in per_config.csv.
     stats_columns = [c for c in board.columns if c.endswith(("_mean", "_std", "_ci95"))]
@@ -188,7 +229,7 @@ def _mean_std(mean, std, metric):
 def _display(board):
     """Board of one group -> (table of strings, {(row, column)} cells to emphasize,
     {config column: value} for config columns that are the same on every row)."""
-    metrics = [c.removesuffix("_mean") for c in board.columns if c.endswith("_mean")]
+    metrics = [c.removesuffix("_mean") for c in board.columns if c.endswith("_mean") and not c.startswith("confirm_")]
     constant = [c for c in board.columns
                 if c not in GROUP_KEYS + list(SHOWN_CONFIG) + [FAMILY, STATUS, trials.DIVERGED_EPOCH]
                 and is_config_key(c) and board[c].nunique(dropna=False) == 1]
@@ -203,7 +244,9 @@ def _display(board):
         table[c] = board[c].map(_setting)
     table["seeds done"] = [f"{done}/{n}" for done, n in zip(board["n_seeds"], board["n_trials"])]
     table["grid"] = board["configurations"].map(lambda n: "–" if pd.isna(n) else f"{n:.0f}")
-    table["choice"] = [_flags(tied, edge) for tied, edge in zip(board["tied"], board["edge"])]
+    table["stability"] = board["stability"].map(lambda f: "–" if pd.isna(f) else f"{f:.2f}")
+    table["choice"] = [_flags(tied, edge, stability) for tied, edge, stability in
+                       zip(board["tied"], board["edge"], board["stability"])]
     for m in metrics:
         table[m] = [_mean_std(a, s, m) for a, s in zip(board[f"{m}_mean"], board[f"{m}_std"])]
     for base in ("sgd", "sam"):
@@ -213,9 +256,11 @@ def _display(board):
     return table, bold, same
 
 
-def _flags(tied, edge):
-    """What a reader should know about a choice: a validation tie, an optimum on the grid's edge."""
+def _flags(tied, edge, stability):
+    """What a reader should know about a choice: a validation tie, an optimum on the grid's edge, a
+    choice that resamples of the tuning seeds often do not make again."""
     flags = [f"tie of {tied:.0f}"] if tied > 1 else []
+    flags += [f"unstable ({stability:.2f})"] if stability < UNSTABLE else []
     return "; ".join(flags + ([f"edge: {edge}"] if isinstance(edge, str) and edge else [])) or "–"
 
 
@@ -242,8 +287,11 @@ INTRO = ("Per method family, the configuration with the best mean validation acc
          "(test accuracy never chooses; diverged configurations are listed, never chosen). "
          "Metrics are mean ± std over the completed seeds; accuracies in %; "
          "bold: best test accuracy in the group; gains are differences of mean test accuracy in points; "
-         "grid: the family's configurations in the group; choice: a validation tie or a choice at the edge of "
-         "its grid. Every metric of every chosen configuration is in leaderboard.csv and leaderboard.html.")
+         "grid: the family's configurations in the group; stability: the fraction of 1000 bootstrap resamples of the "
+         "tuning seeds that make the same choice; choice: a validation tie, an unstable choice (stability below 0.8) "
+         "or a choice at the edge of its grid. The tuning seeds choose; where the sweep has confirmation seeds, "
+         "`test, confirm seeds` is the chosen configuration's test accuracy on them. Every metric of every chosen "
+         "configuration is in leaderboard.csv and leaderboard.html.")
 
 
 # The compact markdown table: short names for the knobs, and the metrics a reader checks first.
@@ -273,10 +321,13 @@ def _compact(board):
     table = pd.DataFrame(index=board.index)
     table[FAMILY], table[STATUS] = full[FAMILY], full[STATUS]
     table["configuration"] = [configuration_text(row, keys) for _, row in board.iterrows()]
-    table["grid"], table["seeds"] = full["grid"], full["seeds done"]
+    table["grid"], table["seeds"], table["stability"] = full["grid"], full["seeds done"], full["stability"]
     for metric, label in COMPACT_METRICS:
         if f"{metric}_mean" in board:
             table[label] = [_mean_std(a, s, metric) for a, s in zip(board[f"{metric}_mean"], board[f"{metric}_std"])]
+    if "confirm_test_acc_mean" in board:
+        table["test, confirm seeds"] = [_mean_std(a, s, "test_acc") + ("" if pd.isna(n) else f" (n {n:.0f})") for a, s, n
+                                        in zip(board["confirm_test_acc_mean"], board["confirm_test_acc_std"], board["confirm_seeds"])]
     table["vs sgd (pts)"], table["choice"] = full["vs sgd (pts)"], full["choice"]
     return table, {(i, "test") for i, _ in bold}, same
 

@@ -1,26 +1,66 @@
 """Write every output of a results folder from its trials.csv: per_config.csv, leaderboard.{csv,md,html},
-comparisons.csv and figures/*.png."""
+comparisons.csv and figures/*.png. The experiment's hypotheses come from hypotheses.json, which the
+sweep writes before its first trial (they are declared before anything runs)."""
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
 from hero_bench import trials
 from hero_bench.atomic import write_atomic
+from hero_bench.errors import HeroBenchError
 from hero_bench.results import comparisons, figures, leaderboard
+
+HYPOTHESES = "hypotheses.json"
+
+
+@dataclass
+class Analysis:
+    """What a trials table says: per-configuration statistics of the tuning stages (`configs`), the
+    leaderboard (`board`), each family's choice (`chosen`) and the paired comparisons (`paired`)."""
+
+    df: pd.DataFrame
+    configs: pd.DataFrame
+    board: pd.DataFrame
+    chosen: pd.DataFrame
+    paired: pd.DataFrame
+
+
+def analyse(df, hypotheses=()):
+    configs = leaderboard.per_config(trials.tuning(df))
+    chosen = leaderboard.select_best(configs)
+    return Analysis(df, configs, leaderboard.leaderboard(df, configs), chosen,
+                    comparisons.comparisons(df, chosen, hypotheses))
+
+
+def read_hypotheses(folder):
+    """The hypotheses a results folder's sweep declared (none if it has no hypotheses.json)."""
+    path = folder / HYPOTHESES
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise HeroBenchError(f"cannot read {path}: {exc}") from None
+
+
+def write_hypotheses(folder, hypotheses):
+    write_atomic(folder / HYPOTHESES, json.dumps(list(hypotheses), indent=2) + "\n")
 
 
 def write(results_dir):
     """Write the outputs into the folder of `results_dir` (a results folder or its trials.csv) and return
     (their paths, one note per figure skipped for lack of data)."""
     folder = trials.path_of(results_dir).parent
-    df = trials.read(results_dir)
-    configs = leaderboard.per_config(df)
-    board = leaderboard.leaderboard(df, configs)
-    paired = comparisons.comparisons(df, leaderboard.select_best(configs))
-    title = f"Leaderboard: {leaderboard.experiment_name(df, folder.name)}"
-    written = [write_atomic(folder / "per_config.csv", configs.to_csv(index=False)),
-               write_atomic(folder / "leaderboard.csv", board.to_csv(index=False)),
-               write_atomic(folder / "comparisons.csv", paired.to_csv(index=False)),
-               write_atomic(folder / "leaderboard.md", leaderboard.to_markdown(board, title)
-                            + comparisons.markdown(paired)),
-               write_atomic(folder / "leaderboard.html", leaderboard.to_html(board, title))]
-    drawn, skipped = figures.write_figures(configs, folder / "figures", df)
+    result = analyse(trials.read(results_dir), read_hypotheses(folder))
+    title = f"Leaderboard: {leaderboard.experiment_name(result.df, folder.name)}"
+    written = [write_atomic(folder / "per_config.csv", result.configs.to_csv(index=False)),
+               write_atomic(folder / "leaderboard.csv", result.board.to_csv(index=False)),
+               write_atomic(folder / "comparisons.csv", result.paired.to_csv(index=False)),
+               write_atomic(folder / "leaderboard.md", leaderboard.to_markdown(result.board, title)
+                            + comparisons.markdown(result.paired)),
+               write_atomic(folder / "leaderboard.html", leaderboard.to_html(result.board, title))]
+    drawn, skipped = figures.write_figures(result.configs, folder / "figures", trials.tuning(result.df))
     return written + drawn, skipped
 
 

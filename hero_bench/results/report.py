@@ -16,8 +16,8 @@ from hero_bench.atomic import write_atomic
 from hero_bench.errors import HeroBenchError
 from hero_bench.results.figures import CAPTIONS, figures_of
 from hero_bench.results import comparisons
-from hero_bench.results.leaderboard import (INTRO, experiment_name, leaderboard, markdown_tables, per_config,
-                                            select_best, shown_metrics)
+from hero_bench.results import outputs
+from hero_bench.results.leaderboard import INTRO, experiment_name, markdown_tables, shown_metrics
 from hero_bench.trials import COEF, NOISE, RADIUS, metric_columns
 
 # The sweep's knobs and the accuracies they drive, as parallel axes (config keys, then summary metrics).
@@ -31,12 +31,12 @@ PANELS_NOTE = ("The panels below read the experiment's W&B runs (group `{name}`)
 
 
 def _load(source):
-    """results folder, trials.csv path or DataFrame -> (experiment name, trials, folder or None)."""
+    """results folder, trials.csv path or DataFrame -> (experiment name, its Analysis, folder or None)."""
     if isinstance(source, pd.DataFrame):
-        return experiment_name(source, "hero-bench"), source, None
+        return experiment_name(source, "hero-bench"), outputs.analyse(source), None
     folder = trials.path_of(source).parent
     df = trials.read(source)
-    return experiment_name(df, folder.name), df, folder
+    return experiment_name(df, folder.name), outputs.analyse(df, outputs.read_hypotheses(folder)), folder
 
 
 def _summary(name, df):
@@ -55,11 +55,6 @@ def _figures(df, folder):
     if folder is None:
         return []
     return [(path.relative_to(folder).as_posix(), CAPTIONS[kind]) for kind, path in figures_of(df, folder / "figures")]
-
-
-def _comparisons(df, heading):
-    """The paired comparisons of the chosen configurations, as markdown."""
-    return comparisons.markdown(comparisons.comparisons(df, select_best(per_config(df))), heading=heading)
 
 
 def _panels(df):
@@ -93,12 +88,13 @@ def build_report(source, *, entity, project, title=None, figures_base_url=None):
     when `figures_base_url` (where the results folder is served, e.g. a raw GitHub URL) is given,
     otherwise their relative paths.
     """
-    name, df, folder = _load(source)
+    name, analysis, folder = _load(source)
+    df = analysis.df
     runset = wr.Runset(entity=entity, project=project, name=name, filters=f"Group = '{name}'")
     blocks = [wr.MarkdownBlock(text=_summary(name, df)),
               wr.H1(text="Leaderboard"),
-              wr.MarkdownBlock(text=f"{INTRO}\n\n{markdown_tables(leaderboard(df), heading='###')}"),
-              wr.MarkdownBlock(text=_comparisons(df, heading="#")),
+              wr.MarkdownBlock(text=f"{INTRO}\n\n{markdown_tables(analysis.board, heading='###')}"),
+              wr.MarkdownBlock(text=comparisons.markdown(analysis.paired, heading="#")),
               wr.H1(text="Sweep"),
               wr.MarkdownBlock(text=PANELS_NOTE.format(name=name)),
               wr.PanelGrid(runsets=[runset], panels=_panels(df))]
@@ -118,10 +114,11 @@ def build_report(source, *, entity, project, title=None, figures_base_url=None):
 
 def report_markdown(results_dir, *, title=None):
     """The report's content as markdown: summary, leaderboard tables inline, figures linked relatively."""
-    name, df, folder = _load(results_dir)
+    name, analysis, folder = _load(results_dir)
+    df = analysis.df
     parts = [f"# {title or f'hero-bench: {name}'}\n", _summary(name, df) + "\n",
-             "## Leaderboard\n", INTRO + "\n", markdown_tables(leaderboard(df), heading="###"),
-             _comparisons(df, heading="##"),
+             "## Leaderboard\n", INTRO + "\n", markdown_tables(analysis.board, heading="###"),
+             comparisons.markdown(analysis.paired, heading="##"),
              "## Figures\n"]
     figures = _figures(df, folder)
     parts += [f"### {caption}\n\n![{caption}]({path})\n" for path, caption in figures] or \

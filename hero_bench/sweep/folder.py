@@ -25,8 +25,8 @@ from hero_bench.errors import ConfigError, HeroBenchError
 MARKER, LOCK = "sweep.json", "sweep.lock"
 FORMAT = "hero-bench sweep"  # sweep.json's "format"
 # Everything a sweep and `hero-bench leaderboard`/`report` write into the folder.
-OUTPUTS = {"trials.csv", "per_config.csv", "leaderboard.csv", "leaderboard.md", "leaderboard.html", "comparisons.csv", "report.md",
-           "figures", "wandb", MARKER, LOCK}
+OUTPUTS = {"trials.csv", "history.csv", "hypotheses.json", "per_config.csv", "leaderboard.csv", "leaderboard.md",
+           "leaderboard.html", "comparisons.csv", "report.md", "figures", "wandb", MARKER, LOCK}
 
 
 def read_marker(folder):

@@ -19,7 +19,7 @@ import pyarrow.fs
 
 from hero_bench import trials
 from hero_bench.errors import ConfigError, HeroBenchError
-from hero_bench.sweep.space import CONTINUES, grid_params, trial_params
+from hero_bench.sweep.space import CONTINUES, trial_params
 from hero_bench.sweep.trainable import STATE_FILE, TRIAL_FILE
 
 # How trials are scheduled and tracked, not what they compute: a resumed sweep may change these.
@@ -97,13 +97,13 @@ class Plan:
     damaged: list
 
 
-def plan(config, configs, space, table, experiment, sweep_id):
-    """The Plan that continues grid sweep `config` (its param_space `space`, TrialConfigs `configs`)
-    from its trials table `table` and its checkpoints under `experiment`.
+def plan(configs, points, table, experiment, sweep_id):
+    """The Plan that continues a sweep whose trials are `points` (every trial of its grid and of the
+    stages decided after it, see space.trial_point; TrialConfigs `configs`) from its trials table
+    `table` and its checkpoints under `experiment`.
 
-    Rows and checkpoints are matched to the grid's trials by what a trial runs, its config columns
+    Rows and checkpoints are matched to the trials by what a trial runs, its config columns
     (trials.config_key): trials that run the same are interchangeable."""
-    points = [p for p in grid_params(space) for _ in range(config.sweep.num_samples)]
     made = [trials.config_row(configs.get(p), trial_params(p)) for p in points]
     columns = sorted({c for r in made for c in r})
     keys = [trials.config_key(r, columns) for r in made]
@@ -134,7 +134,7 @@ def plan(config, configs, space, table, experiment, sweep_id):
             continue  # swept values this experiment does not have
     entries, checkpoints = [], {}
     for index in sorted(i for slots in open_slots.values() for i in slots):
-        key, swept = keys[index], trial_params(points[index])
+        key, swept = keys[index], points[index]
         trial_id = next(iter(resumable[key] or [i for i in unfinished[key] if i not in saved]), None)
         if trial_id in saved:
             resumable[key].remove(trial_id)

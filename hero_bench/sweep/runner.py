@@ -18,18 +18,23 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCall
 from hero_bench import trials
 from hero_bench.atomic import write_atomic
 from hero_bench.errors import ConfigError, Interrupted
+from hero_bench.results import outputs
 from hero_bench.sweep import console, folder, resume as resuming
 from hero_bench.sweep.cluster import check_resources, start_ray
-from hero_bench.sweep.space import POINT, TrialConfigs, grid_params, search_space, trial_count, trial_id, trial_params
+from hero_bench.sweep import stages as staging
+from hero_bench.sweep.space import (POINT, TrialConfigs, grid_params, points, search_space, trial_count, trial_id,
+                                    trial_params, trial_stage)
 from hero_bench.sweep.trainable import trainable
 
 # Keeping only the last checkpoints makes Ray snapshot its experiment state at each one; with short
 # trials that is frequent but cheap, so its warning about it is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+HISTORY = "history.csv"
 
 
 class TrialsTable(tune.Callback):
-    """Keeps results/<name>/trials.csv current: rewritten atomically whenever a trial ends.
+    """Keeps results/<name>/trials.csv current: rewritten atomically whenever a trial ends; and appends
+    every epoch's report to results/<name>/history.csv as it arrives.
 
     Rows are kept by trial id (a resumed trial keeps its id): the rows in the file when the sweep
     starts stay as they are, a trial's row is built once, when it ends, and a finished trial's row is
@@ -57,6 +62,9 @@ class TrialsTable(tune.Callback):
             # every result) and its final write of trials.csv reports the error if it persists.
             warnings.warn(f"{exc}; trying again when the next trial ends", stacklevel=2)
 
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        record_epoch(self.path.with_name(HISTORY), trial_id(trial.config, trial.trial_id), result)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.add(trial, None)
 
@@ -66,8 +74,18 @@ class TrialsTable(tune.Callback):
         self.add(trial, Path(path).read_text() if path and Path(path).is_file() else "error")
 
 
+def record_epoch(path, trial_id, result):
+    """Append one epoch's report to history.csv (a failure to write costs a warning, never the trial)."""
+    line = trials.history_row(trial_id, result)
+    if line is not None:
+        try:
+            trials.append_history(path, [line])
+        except OSError as exc:
+            warnings.warn(f"cannot append to {path}: {exc.strerror or exc}", stacklevel=2)
+
+
 def row(configs, trial_id, params, result, error):
-    return trials.row(trial_id, configs.get(params), trial_params(params), result, error)
+    return trials.row(trial_id, configs.get(params), trial_params(params), result, error, trial_stage(params))
 
 
 def read_rows(path):
@@ -78,6 +96,13 @@ def read_rows(path):
 def write_rows(path, rows):
     if rows:  # a table without rows would have no header to read back
         write_atomic(path, trials.table(rows.values()).to_csv(index=False))
+
+
+def write_history(folder, rows):
+    """history.csv with one row per epoch of every trial in `rows`, whatever retries repeated."""
+    path = folder / HISTORY
+    if path.exists():
+        write_atomic(path, trials.history_table(path, rows).to_csv(index=False))
 
 
 def make_tune_config(config, num_samples):
@@ -209,7 +234,7 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     if resume:
         stored = folder.read_marker(results_dir)
         resuming.check_unchanged(stored["config"], config)
-        marker.update(sweep_id=stored["sweep_id"], storage=storage or stored["storage"])
+        marker.update(sweep_id=stored["sweep_id"], storage=storage or stored["storage"], stages=stored.get("stages", []))
         if (results_dir / "trials.csv").exists():
             trials.parse(results_dir / "trials.csv")  # a table that cannot be read at all is refused now, before Ray starts
         if restore and not trust_storage:
@@ -227,6 +252,7 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
             raise ConfigError(f"--resume: no Ray experiment state at {sweep.experiment}; run without --resume to start afresh")
         lock = folder.prepare(results_dir, resume, overwrite, marker)
         try:
+            outputs.write_hypotheses(results_dir, config.to_dict()["hypotheses"])
             frame, total = execute(sweep)
         finally:
             lock.release()
@@ -238,35 +264,64 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
 
 
 def execute(sweep):
-    """Run the sweep's Tuner until every trial has ended or it is interrupted; returns the trials
-    table (written to results/<name>/trials.csv) and how many trials the sweep has. A resumed grid
-    sweep runs a new Tuner over the trials its plan leaves (hero_bench.sweep.resume); `restore`
-    resumes one through Ray's pickled experiment state instead (Tuner.restore)."""
-    config, table, space = sweep.config, sweep.table, sweep.space
-    num_samples, checkpoints, recorded = config.sweep.num_samples, {}, None
-    total = trial_count(space, num_samples)
-    if sweep.resume and not sweep.restore:
-        plan = resuming.plan(config, sweep.configs, space, table, sweep.experiment, sweep.marker["sweep_id"])
+    """Run the sweep until every trial of every stage has ended or it is interrupted; returns the
+    trials table (written to results/<name>/trials.csv) and how many trials the sweep has so far.
+
+    The grid runs first; each later stage (hero_bench.sweep.stages) is decided once the trials before
+    it have ended, recorded in sweep.json and run by a Tuner of its own. A resumed sweep runs a new
+    Tuner over the trials of the grid and of the recorded stages that its plan leaves
+    (hero_bench.sweep.resume), then goes on deciding stages; `restore` resumes one through Ray's
+    pickled experiment state instead (Tuner.restore)."""
+    config, table = sweep.config, sweep.table
+    if sweep.restore:
+        rows = run_trials(sweep, None, 0, {}, trial_count(sweep.space, config.sweep.num_samples), 0)
+        return trials.table(rows.values()), trial_count(sweep.space, config.sweep.num_samples)
+    grid = points(sweep.space, config.sweep.num_samples) if grid_params(sweep.space) is not None else None
+    stages = staging.decided(sweep.marker)
+    if sweep.resume:
+        known = grid + [p for stage in stages for p in staging.tagged(stage)]
+        plan = resuming.plan(sweep.configs, known, table, sweep.experiment, sweep.marker["sweep_id"])
         trials.warn_damaged(table, plan.damaged)
         rows = {r[trials.TRIAL_ID]: r for r in plan.rows}
         write_rows(table, rows)  # only the rows kept: a damaged row's trial is run again
-        if not plan.points:
-            return trials.table(rows.values()), len(rows)
-        space, num_samples, checkpoints = {POINT: tune.grid_search(plan.points)}, 1, plan.checkpoints
-        total = len(rows) + len(plan.points)
-    elif sweep.restore:
-        recorded = {i: r for i, r in read_rows(table).items() if r[trials.STATUS] in trials.FINAL_STATUSES}
+        total = len(known)
+        if plan.points:
+            rows = run_trials(sweep, {POINT: tune.grid_search(plan.points)}, 1, plan.checkpoints, total, len(rows))
+    else:
+        total = trial_count(sweep.space, config.sweep.num_samples)
+        rows = run_trials(sweep, sweep.space, config.sweep.num_samples, {}, total, 0)
+    while grid is not None and len(rows) == total:  # every trial so far has ended: what comes next?
+        stage = staging.next_stage(config, sweep.configs, grid, stages, trials.table(rows.values()))
+        if stage is None:
+            break
+        stages.append(stage)
+        sweep.marker["stages"] = [s.as_json() for s in stages]
+        folder.write_marker(sweep.results_dir, sweep.marker)
+        if not sweep.verbose:
+            print(console.stage_header(stage.name, stage.points, config), flush=True)
+        if stage.points:
+            rows = run_trials(sweep, {POINT: tune.grid_search(staging.tagged(stage))}, 1, {}, total + len(stage.points), total)
+            total += len(stage.points)
+    write_history(sweep.results_dir, rows)
+    return trials.table(rows.values()), total
+
+
+def run_trials(sweep, space, num_samples, checkpoints, total, finished_before):
+    """One Tuner over `space` (num_samples times), or the restored one when `space` is None; returns the
+    rows of trials.csv when it ends. `total`, `finished_before`: the sweep's trials for the progress line."""
+    config, table = sweep.config, sweep.table
+    recorded = {i: r for i, r in read_rows(table).items() if r[trials.STATUS] in trials.FINAL_STATUSES} if space is None else None
     fn = tune.with_resources(
         tune.with_parameters(trainable, base=config, sweep_id=sweep.marker["sweep_id"], checkpoints=checkpoints,
                              recorded=recorded, verbose=sweep.verbose),
         vars(config.sweep.resources_per_trial))
-    finished_before = total - trial_count(space, num_samples) if sweep.resume and not sweep.restore else 0
     progress = []
     if not sweep.verbose:
-        at_once = console.concurrency(config.sweep.resources_per_trial, config.sweep.max_concurrent_trials)
-        print(console.header(config, total, finished_before, at_once, sweep.results_dir, sweep.experiment), flush=True)
+        if finished_before == 0 or sweep.resume:
+            at_once = console.concurrency(config.sweep.resources_per_trial, config.sweep.max_concurrent_trials)
+            print(console.header(config, total, finished_before, at_once, sweep.results_dir, sweep.experiment), flush=True)
         progress = [console.Progress(total, finished_before, config.sweep.metric)]
-    if not sweep.restore:
+    if space is not None:
         sheet = TrialsTable(sweep.configs, table)
         run_config = tune.RunConfig(
             name=config.name, storage_path=sweep.marker["storage"],
@@ -285,6 +340,6 @@ def execute(sweep):
             pass
     for bar in progress:
         bar.close()
-    rows = read_rows(table) if sweep.restore else sheet.rows
+    rows = read_rows(table) if space is None else sheet.rows
     write_rows(table, rows)
-    return trials.table(rows.values()), total
+    return rows

@@ -28,6 +28,7 @@ DISTRIBUTIONS = {
 }
 POINT = "point"  # the axis of a union of grids
 CONTINUES = "continues"  # in a point of a resumed sweep: the id of the trial it continues
+STAGE = "stage"  # in a point of a stage after the grid: its name (hero_bench.sweep.stages)
 MAX_TRIALS = 10_000  # trials of one sweep: more is a typo in a grid (and a long wait before Ray starts)
 UNSWEPT = ("name", "sweep", "tracking")  # sections that are the experiment's, the same for every trial
 
@@ -136,11 +137,29 @@ def distribution(key, spec, where):
     return factory(low, high)
 
 
-def trial_params(params):
-    """A trial's swept values as one dict of dotted keys (a union sweep nests them under `point`)."""
+def trial_point(params):
+    """A trial's point: its swept values as one dict of dotted keys (a union sweep nests them under
+    `point`), with the stage it belongs to where that is not the grid."""
     flat = {**params.get(POINT, {}), **{k: v for k, v in params.items() if k != POINT}}
     flat.pop(CONTINUES, None)
     return flat
+
+
+def trial_params(params):
+    """A trial's swept values as one dict of dotted keys."""
+    flat = trial_point(params)
+    flat.pop(STAGE, None)
+    return flat
+
+
+def trial_stage(params):
+    """The stage a trial belongs to (trials.TUNE for the grid)."""
+    return params.get(POINT, {}).get(STAGE, trials.TUNE)
+
+
+def points(space, num_samples):
+    """Every trial of a grid-only param_space as a point (see trial_point), num_samples times each."""
+    return [trial_point(params) for params in grid_params(space) for _ in range(num_samples)]
 
 
 def trial_id(params, ray_trial_id):
