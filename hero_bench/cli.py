@@ -1,5 +1,5 @@
 """The `hero-bench` command. Sub-commands import what they need lazily, so `train` and `list`
-never load Ray or W&B."""
+never load Ray, and `train` loads W&B only when it logs to it."""
 import argparse
 import contextlib
 import json
@@ -16,6 +16,7 @@ KINDS = ("datasets", "models", "methods", "metrics")
 EPILOG = """examples:
   hero-bench sweep experiments/quickstart.yaml          run the quickstart sweep with Ray Tune
   hero-bench train experiments/quickstart.yaml --set optimizer.name=hero --set optimizer.hessian_coef=100
+  hero-bench train experiments/quickstart.yaml optimizer.radius=0.1 train.epochs=5 --wandb offline
   hero-bench list models
   hero-bench leaderboard results/quickstart             rebuild tables and figures
   hero-bench report results/quickstart --entity me --project hero-bench
@@ -44,19 +45,27 @@ def format_table(result):
 
 def cmd_train(args):
     from hero_bench import config as config_module
+    from hero_bench import tracking
     from hero_bench.atomic import write_atomic
     from hero_bench.train import run_trial
 
-    config = config_module.load(args.file, args.set)
-    out = Path(args.out or Path("runs") / config.name)
+    config = config_module.load(args.file, [*args.set, *args.overrides])
+    default = Path("runs") / config.name
+    if tracking.agent_run_id():  # a W&B agent runs this command once per run of its sweep: a folder each
+        default /= tracking.agent_run_id()
+    out = Path(args.out or default)
     if (out / "metrics.json").exists() and not args.overwrite:
         raise HeroBenchError(f"{out} already holds a trained run; pass --overwrite to replace it or --out to write elsewhere")
-    result = run_trial(config, progress=not args.quiet)
+    run = tracking.TrainRun(config, tracking.train_mode(args.wandb), out.resolve() / "wandb")
+    result = run_trial(config, report=run.report, progress=not args.quiet)
+    where = run.finish(result)
     print(format_table(result))
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     write_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'metrics.json'} and {out / 'config.yaml'}")
+    if where:
+        print(where)
     return 0 if result["status"] == "completed" else 1
 
 
@@ -131,12 +140,20 @@ def parser():
                         help="override any config key, e.g. --set optimizer.radius=0.5 (repeatable; values parsed as YAML)")
 
     sp = sub.add_parser("train", help="train one configuration and print its metrics",
-                        description="Train a single trial of an experiment file (its sweep section is ignored).")
+                        description="Train a single trial of an experiment file (its sweep section is ignored). "
+                        "KEY=VALUE arguments after the file override keys as --set does, so the command can be the "
+                        "program of a W&B Sweep: command: [hero-bench, train, FILE, ${args_no_hyphens}].")
     with_overrides(sp)
-    sp.add_argument("--out", help="folder for metrics.json and config.yaml (default: runs/<name>)")
+    sp.add_argument("overrides", nargs="*", type=override, metavar="KEY=VALUE",
+                    help="override config keys as --set does, e.g. optimizer.radius=0.5 train.epochs=5")
+    sp.add_argument("--out", help="folder for metrics.json and config.yaml (default: runs/<name>; "
+                    "runs/<name>/<run id> under `wandb agent`)")
+    sp.add_argument("--wandb", choices=("offline", "online", "disabled"),
+                    help="log the run to W&B (runs under the --out folder); default: disabled, or under `wandb agent` "
+                    "W&B's own mode (WANDB_MODE, online unless set) so the agent's sweep gets the run")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--overwrite", action="store_true", help="replace an earlier run in the same folder")
-    sp.set_defaults(func=cmd_train)
+    sp.set_defaults(func=cmd_train, parser=sp)
 
     sp = sub.add_parser("sweep", help="run every (configuration, seed) trial with Ray Tune",
                         description="Run an experiment's sweep with Ray Tune; results go to results/<name>/.")
@@ -175,8 +192,28 @@ def parser():
     return p
 
 
+def override(text):
+    """A KEY=VALUE argument of `train` (its value is parsed with the config)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. optimizer.radius=0.5), got {text!r:.80}")
+    return text
+
+
+def parse(argv=None):
+    """The command line's arguments. `train`'s KEY=VALUE overrides may also come after its options:
+    argparse takes a positional list in one piece, unless the command's parser reads them intermixed."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra and args.command == "train":
+        return args.parser.parse_intermixed_args(argv[argv.index("train") + 1:])
+    if extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv=None):
-    args = parser().parse_args(argv)
+    args = parse(argv)
     try:
         with one_line_warnings():
             return args.func(args) or 0

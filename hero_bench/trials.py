@@ -1,14 +1,16 @@
 """The trials table: one row per trial of a sweep, written as results/<name>/trials.csv.
 
 A row holds the trial's configuration as dotted YAML keys (the columns of COLUMNS, then every other
-swept key), its bookkeeping (trial_id, status, diverged_epoch, epochs_done) and every metric of its
-last report. The sweep writes rows (`row`); the leaderboard, figures, report and `--resume` read
-them (`read`, `parse`), which validates every row: a damaged one (cut off, garbled, text where a
-number belongs) is skipped with a warning that counts it, never half-used. Every other module names
-columns through this module's constants. Columns: docs/results.md.
+swept key), its bookkeeping (trial_id, config_hash, status, diverged_epoch, epochs_done) and every
+metric of its last report. The sweep writes rows (`row`); the leaderboard, figures, report and
+`--resume` read them (`read`, `parse`), which validates every row: a damaged one (cut off, garbled,
+text where a number belongs) is skipped with a warning that counts it, never half-used. Every other
+module names columns through this module's constants. Columns: docs/results.md.
 """
 import csv
+import hashlib
 import io
+import json
 import math
 import numbers
 import re
@@ -25,6 +27,7 @@ TRIAL_ID, STATUS, DIVERGED_EPOCH, EPOCHS_DONE, ERROR = "trial_id", "status", "di
 # The stage of the sweep a trial ran in: `tune` (the grid), `bracket-1`, `bracket-2`, ... (rounds that
 # extend a grid past an edge; tuning too), `confirm` (a chosen configuration on the confirmation seeds).
 STAGE, TUNE, CONFIRM = "stage", "tune", "confirm"
+CONFIG_HASH = "config_hash"  # a configuration's identity, the same for all its seeds (text): see `config_hash`
 NAME = "name"
 DATA, MODEL, NOISE, NOISE_KIND = "data.name", "model.name", "data.label_noise", "data.label_noise_kind"
 METHOD, RADIUS, COEF = "optimizer.name", "optimizer.radius", "optimizer.hessian_coef"
@@ -39,7 +42,7 @@ GROUP_KEYS = [DATA, MODEL, NOISE, NOISE_KIND]  # results compare methods within 
 REQUIRED = (TRIAL_ID, STATUS, DATA, MODEL, METHOD, RADIUS, COEF, NOISE, SEED, "val_acc", "test_acc")
 # Columns added after tables were first written, with the value every older row had.
 ADDED = {NOISE_KIND: "uniform", FACTOR: 1, STAGE: TUNE}
-BOOKKEEPING = (TRIAL_ID, STATUS, DIVERGED_EPOCH, STAGE)
+BOOKKEEPING = (TRIAL_ID, CONFIG_HASH, STATUS, DIVERGED_EPOCH, STAGE)
 # completed: ran every epoch; stopped: ended early by the scheduler (ASHA); diverged: NaN/inf loss;
 # failed: raised (after its retries).
 STATUSES = ("completed", "stopped", "diverged", "failed")
@@ -47,7 +50,7 @@ FINAL_STATUSES = ("completed", "diverged", "stopped")  # a trial in one of these
 # Config columns that hold numbers in every row; other config columns may hold any text.
 NUMERIC_CONFIG = (RADIUS, COEF, NOISE, LR, EPOCHS, SEED)
 # bookkeeping columns that hold text; of the metrics, those the catalog declares text; all others are numbers
-TEXT = (TRIAL_ID, STATUS, ERROR, STAGE)
+TEXT = (TRIAL_ID, CONFIG_HASH, STATUS, ERROR, STAGE)
 # Per-epoch bookkeeping that Ray adds or that only matters while a trial runs; not trial results.
 NOT_METRICS = {
     "epoch", "lr", "epoch_time_s", ERROR, STATUS, "timestamp", "checkpoint_dir_name", "done",
@@ -84,6 +87,16 @@ def ran(config):
     return out
 
 
+def config_hash(config):
+    """A configuration's identity, the same for all its seeds and known while its trials run: the
+    first 12 hex digits of the SHA-256 of what a trial ran (`ran`, as JSON with sorted keys) without
+    its seed, the experiment's name and its tracking section. W&B runs carry it in their config so
+    that seeds can be grouped; per_config.csv shows it next to its config_id."""
+    what = ran(config)
+    del what["name"], what["tracking"], what["train"]["seed"]
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def config_row(config, params):
     """A row's config columns: COLUMNS from the trial's Config (ρ and γ as its method uses them),
     then every other swept key of `params` (dotted key -> value)."""
@@ -98,18 +111,12 @@ def config_row(config, params):
 
 
 def row(trial_id, config, params, result=None, error=None, stage=TUNE):
-    """One row: the trial's config columns (`config_row`), its stage and status and its last reported
-    metrics `result` (numbers, and the text columns of TEXT: every other column of the table holds numbers)."""
-    out = {TRIAL_ID: trial_id, **config_row(config, params), STAGE: stage}
+    """One row: the trial's config columns (`config_row`) and `config_hash`, its stage and status and
+    its last reported metrics `result` (numbers, and the text columns of TEXT: every other column of
+    the table holds numbers)."""
+    out = {TRIAL_ID: trial_id, CONFIG_HASH: config_hash(config), **config_row(config, params), STAGE: stage}
     result = result or {}
-    if error:
-        status = "failed"
-    elif result.get(STATUS) == "diverged":
-        status = "diverged"
-    elif result.get("epoch", 0) < config.train.total_epochs:
-        status = "stopped"  # ended early by the scheduler (ASHA)
-    else:
-        status = "completed"
+    status = trial_status(config, result, error)
     out[STATUS] = status
     out[DIVERGED_EPOCH] = result.get(DIVERGED_EPOCH)
     out[EPOCHS_DONE] = result.get("epoch", 0) if status != "diverged" else result.get(EPOCHS_DONE)
@@ -118,6 +125,17 @@ def row(trial_id, config, params, result=None, error=None, stage=TUNE):
     if error:
         out[ERROR] = str(error).strip().splitlines()[-1][:300] if str(error).strip() else "error"
     return out
+
+
+def trial_status(config, result, error=None):
+    """The status (one of STATUSES) of a trial that ended with its last report `result` and `error`."""
+    if error:
+        return "failed"
+    if result.get(STATUS) == "diverged":
+        return "diverged"
+    if result.get("epoch", 0) < config.train.total_epochs:
+        return "stopped"  # ended early by the scheduler (ASHA)
+    return "completed"
 
 
 def table(rows):
@@ -194,7 +212,7 @@ def parse(path):
             damaged.append(f"line {number}: {problem}")
         else:
             good.append(line)
-    frame = pd.read_csv(io.StringIO("\n".join(good) + "\n"), dtype={TRIAL_ID: str})
+    frame = pd.read_csv(io.StringIO("\n".join(good) + "\n"), dtype={TRIAL_ID: str, CONFIG_HASH: str})
     return frame, damaged
 
 
@@ -282,8 +300,8 @@ def is_config_key(column):
 
 
 def metric_columns(df):
-    """Every numeric column that is neither config nor trial bookkeeping (trial_id, status,
-    diverged_epoch); text such as a failed trial's `error` message is no metric."""
+    """Every numeric column that is neither config nor trial bookkeeping (trial_id, config_hash,
+    status, diverged_epoch); text such as a failed trial's `error` message is no metric."""
     config = set(config_columns(df))
     return [c for c in df.columns
             if c not in config and c not in BOOKKEEPING and pd.api.types.is_numeric_dtype(df[c])]

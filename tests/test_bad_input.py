@@ -334,6 +334,15 @@ MISTAKES = [
     pytest.param(sweep_cli("gpu-without-gpus", "sweep.resources_per_trial.gpu is 0.5 but the Ray cluster has 0 GPUs; lower it",
                            experiment={"sweep": {"resources_per_trial": {"cpu": 1, "gpu": 0.5}}}, within_s=60, needs_ray=True),
                  marks=[NO_GPU, pytest.mark.slow], id="gpu-without-gpus"),
+    # ---------------------------------------------------------------- the train command's arguments
+    Mistake("train-override-without-equals", ("argument KEY=VALUE: expected KEY=VALUE (e.g. optimizer.radius=0.5), got 'bogus'",),
+            ("train", "exp.yaml", "bogus"), usage=True),
+    Mistake("train-override-without-equals-after-an-option", ("argument KEY=VALUE: expected KEY=VALUE", "got 'bogus'"),
+            ("train", "exp.yaml", "--quiet", "optimizer.radius=0.5", "bogus"), usage=True),
+    Mistake("train-override-of-an-unknown-key", ("unknown key 'optimizer.radus'", "allowed: name, radius, hessian_coef"),
+            ("train", "exp.yaml", "optimizer.radus=0.5", "--quiet")),
+    Mistake("train-unknown-wandb-mode", ("argument --wandb: invalid choice: 'bogus'", "'offline', 'online', 'disabled'"),
+            ("train", "exp.yaml", "--wandb", "bogus"), usage=True),
     # ---------------------------------------------------------------- damaged results tables
     table("leaderboard-on-a-binary-table", "leaderboard", bytes(range(256)) * 8),
     # a table whose every row is damaged is refused; one damaged row among good ones is skipped with a

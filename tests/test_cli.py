@@ -57,3 +57,21 @@ def test_train_prints_the_density_shortened_and_writes_it_whole(experiment, tmp_
     density = json.loads(json.loads((tmp_path / "out" / "metrics.json").read_text())["hessian_density"])
     assert len(density["nodes"]) == len(density["weights"]) == 60
     assert len(line) < 120 and line.endswith(f"({len(json.dumps(density))} characters)")
+
+
+def test_train_takes_key_value_overrides_after_the_file_as_set_does(experiment, tmp_path):
+    values = ["optimizer.name=hero", "optimizer.radius=0.1", "train.epochs=2"]
+    runs = {"set": ["train", str(experiment), *[a for v in values for a in ("--set", v)], "--out", "set"],
+            "positional": ["train", str(experiment), *values, "--out", "positional"],  # as `wandb agent` passes them
+            "after options": ["train", str(experiment), "--out", "after options", values[0], "--quiet", *values[1:]]}
+    for argv in runs.values():
+        assert cli.main([*argv, "--quiet"]) == 0
+    configs = {name: (tmp_path / name / "config.yaml").read_text() for name in runs}
+    assert configs["positional"] == configs["set"] == configs["after options"]
+    resolved = yaml.safe_load(configs["set"])
+    assert (resolved["optimizer"]["name"], resolved["optimizer"]["radius"], resolved["train"]["epochs"]) == ("hero", 0.1, 2)
+    metrics = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in runs}
+    for key in ("val_acc", "test_acc", "train_loss", "grad_evals", "hessian_top_eig", "ptq_acc_2bit", "epochs_done"):
+        assert metrics["positional"][key] == metrics["set"][key] == metrics["after options"][key], key
+    assert metrics["set"]["epochs_done"] == 2
+    assert not list(tmp_path.rglob("wandb*"))  # train logs to W&B only when asked (--wandb)

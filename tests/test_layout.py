@@ -79,6 +79,20 @@ def test_the_results_side_and_hero_bench_leaderboard_never_import_torch(tmp_path
     assert (folder / "leaderboard.csv").is_file() and list((folder / "figures").glob("*.png"))
 
 
+def test_what_train_logs_to_wandb_with_imports_no_ray_and_wandb_only_when_a_run_starts():
+    code = ("import sys; import hero_bench.cli, hero_bench.tracking"
+            "; print(sorted(m for m in ('ray', 'wandb') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"
+    edges = graph()
+    reachable, todo = set(), ["hero_bench.tracking"]
+    while todo:
+        for module in edges[todo.pop()] - reachable:
+            reachable.add(module)
+            todo.append(module)
+    assert not [m for m in reachable if m.startswith(("hero_bench.sweep", "hero_bench.results"))]
+
+
 def test_no_file_cites_a_document_outside_the_repository():
     texts = [*ROOT.glob("*.md"), *ROOT.glob("docs/*.md"), *ROOT.glob("results/*.md"), *PACKAGE.rglob("*.py"),
              *ROOT.glob("tests/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("experiments/**/*.yaml")]

@@ -128,6 +128,23 @@ def test_per_config_groups_seeds_and_counts_only_completed_ones():
     assert stopped["status"] == "incomplete" and stopped["val_acc_mean"] == 99
 
 
+def test_per_config_shows_each_configurations_config_hash_which_is_neither_a_metric_nor_a_key(tmp_path):
+    df = trials()
+    keys = [tuple(k) for k in df[["optimizer.name", "optimizer.radius", "optimizer.hessian_coef", "data.label_noise"]].values]
+    # one hash per configuration, as the sweep writes it; all digits, so a plain read makes them numbers
+    df["config_hash"] = [f"{list(dict.fromkeys(keys)).index(k) + 1:012d}" for k in keys]
+    df.to_csv(tmp_path / "trials.csv", index=False)
+    for read in (pd.read_csv(tmp_path / "trials.csv"), table.read(tmp_path / "trials.csv")):
+        configs = lb.per_config(read)
+        assert len(configs) == 12 and configs["config_id"].tolist() == list(range(12))
+        assert not [c for c in configs.columns if c.startswith("config_hash_")]  # not averaged as a metric
+        for row in configs.to_dict("records"):
+            seeds = df[(df["optimizer.name"] == row["optimizer.name"]) & (df["optimizer.radius"] == row["optimizer.radius"])
+                       & (df["optimizer.hessian_coef"] == row["optimizer.hessian_coef"])
+                       & (df["data.label_noise"] == row["data.label_noise"])]
+            assert {str(h).zfill(12) for h in seeds["config_hash"]} == {str(row["config_hash"]).zfill(12)}
+
+
 def test_diverged_configuration_is_listed_and_never_chosen():
     board = lb.leaderboard(trials())
     diverged = row(board, "hero", status="diverged")

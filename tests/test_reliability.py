@@ -19,6 +19,7 @@ import pandas as pd
 import psutil
 import pytest
 import torch
+import wandb
 import yaml
 from ray import tune
 
@@ -29,6 +30,7 @@ from hero_bench.errors import ConfigError
 from hero_bench.train import run_trial
 from processes import free_port, hero_bench_process, kill_all, wait_for
 from tiny import experiment
+from wandb_records import read_runs
 
 TIMING_COLUMNS = ["time_per_epoch_s", "samples_per_s", "peak_mem_mb", "train_time_s", "eval_time_s", "cpu_time_s"]
 
@@ -131,6 +133,34 @@ def test_a_dying_wandb_process_turns_tracking_off_with_a_warning(tmp_path, fresh
     callback.on_trial_complete(1, [trial], trial)  # tracking is off: no second failure, no exception
     callback.finish_sweep(tmp_path / "results" / config.name)
     assert not callback.enabled
+
+
+def test_a_wandb_failure_in_one_run_costs_that_run_and_tracking_goes_on(tmp_path, fresh_wandb):
+    config = config_module.from_dict(experiment(tracking={"wandb": "offline"}))
+    callback = tracking.WandbTrials(config, tmp_path / "results" / config.name)
+    broken, sound = (SimpleNamespace(trial_id=t, config={"train.lr": lr}, last_result={"epoch": 2, "val_acc": 50.0})
+                     for t, lr in (("t1", 0.05), ("t2", 0.03)))
+    for trial in (broken, sound):
+        callback.on_trial_start(0, [], trial)
+
+    def refuse(*args, **kwargs):
+        raise ValueError("a value W&B cannot take")
+
+    callback.runs["t1"].log = refuse
+    with pytest.warns(UserWarning, match=r"W&B log failed \(ValueError: .*\); the run of trial t1 ends here; "
+                                         r"the other runs and results continue"):
+        callback.on_trial_result(1, [], broken, {"epoch": 1, "val_acc": 40.0})
+    for epoch in (1, 2):
+        callback.on_trial_result(epoch, [], sound, {"epoch": epoch, "val_acc": 40.0 + epoch})
+    for trial in (broken, sound):
+        callback.on_trial_complete(2, [], trial)
+    assert callback.enabled
+    wandb.teardown()  # the service writes out every run it holds
+    runs = read_runs(tmp_path / "results" / config.name / "wandb" / "wandb")
+    (t1,), (t2,) = runs[f"{config.name}-t1"], runs[f"{config.name}-t2"]
+    assert t1["history"] == [] and t1["exit_code"] == 1
+    assert [(h["epoch"], h["val_acc"]) for h in t2["history"]] == [(1, 41.0), (2, 42.0)] and t2["exit_code"] == 0
+    assert t2["summary"]["status"] == "completed"
 
 
 # ------------------------------------------------------------------------- `hero-bench` processes
@@ -279,7 +309,7 @@ def test_wandb_online_without_network_warns_once_and_the_sweep_completes(local_r
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("WANDB_API_KEY", secrets.token_hex(20))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    monkeypatch.setattr(tracking, "INIT_TIMEOUT_S", 3)
+    monkeypatch.setattr("hero_bench.tracking.INIT_TIMEOUT_S", 3)
     write_experiment(tmp_path, sweep={"space": {"train.lr": [0.03, 0.05]}})
     with pytest.warns(UserWarning) as caught:
         assert cli.main(["sweep", "exp.yaml", "--wandb", "online", "--storage", "ray"]) == 0

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import wandb_workspaces.reports.v2 as wr
 
+from hero_bench.results.figures import CAPTIONS
 from hero_bench.results import report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "trials_small.csv"
@@ -35,29 +36,30 @@ def blocks_of(built, kind):
 def test_report_has_leaderboard_panels_and_figures(results):
     built = report.build_report(results, entity="team", project="hero", title="HERO on digits")
     assert (built.entity, built.project, built.title) == ("team", "hero", "HERO on digits")
-    assert [type(b) for b in built.blocks] == [wr.MarkdownBlock, wr.H1, wr.MarkdownBlock, wr.MarkdownBlock, wr.H1,
-                                              wr.MarkdownBlock, wr.PanelGrid, wr.H1, wr.MarkdownBlock]
-    assert "| family | status |" in built.blocks[2].text and "**92.00 ± 0.42**" in built.blocks[2].text
-    assert "# Paired comparisons" in built.blocks[3].text and "| test_acc | hero − sgd |" in built.blocks[3].text
-    grid = blocks_of(built, wr.PanelGrid)[0]
-    assert grid.runsets[0].filters == "Group = 'small'"
-    assert [type(p) for p in grid.panels] == [wr.ParallelCoordinatesPlot, wr.BarPlot, wr.BarPlot, wr.ScatterPlot]
-    parallel, ptq, hessian, compute = grid.panels
+    assert [type(b) for b in built.blocks] == [wr.MarkdownBlock, wr.H1, wr.MarkdownBlock, wr.PanelGrid, wr.MarkdownBlock,
+                                              wr.H1, wr.MarkdownBlock, wr.PanelGrid, wr.H1, wr.PanelGrid]
+    board, sweep, figures = blocks_of(built, wr.PanelGrid)
+    assert "`small-summary`" in built.blocks[2].text and "`small-results`" in built.blocks[2].text
+    assert [r.filters for r in board.runsets] == [r.filters for r in figures.runsets] == ["ID = 'small-summary'"]
+    assert [(type(p), p.table_name) for p in board.panels] == [(wr.WeavePanelSummaryTable, "leaderboard")]
+    assert "# Paired comparisons" in built.blocks[4].text and "| test_acc | hero − sgd |" in built.blocks[4].text
+    assert sweep.runsets[0].filters == "Group = 'small' and JobType != 'summary'"
+    assert [type(p) for p in sweep.panels] == [wr.ParallelCoordinatesPlot, wr.LinePlot, wr.BarPlot, wr.BarPlot,
+                                               wr.ScatterPlot]
+    parallel, curves, ptq, hessian, compute = sweep.panels
     assert [c.metric for c in parallel.columns] == [
         wr.Config("optimizer.radius"), wr.Config("optimizer.hessian_coef"), wr.Config("data.label_noise"),
         wr.SummaryMetric("val_acc"), wr.SummaryMetric("test_acc")]
     assert parallel.columns[0]._to_model().accessor == "config:optimizer.value.radius"
+    assert (curves.x, curves.y, curves.groupby) == ("epoch", ["val_acc"], wr.Config("config_hash"))
+    assert curves._to_model().config.group_by == "config_hash.value"
     assert ptq.metrics == ["ptq_acc_8bit", "ptq_acc_4bit", "ptq_acc_2bit"] and ptq.groupby == "JobType"
     assert hessian.metrics == ["hessian_top_eig"]
     assert ptq._to_model().config.group_by == "jobType"  # panels serialize offline; the runset needs W&B
     assert (compute.x, compute.y) == ("grad_evals", "test_acc")
-    assert "small/figures/ptq_digits_mlp.png" in built.blocks[-1].text
-
-
-def test_report_shows_figures_as_images_given_their_url(results):
-    built = report.build_report(results, entity="team", project="hero", figures_base_url="https://host/small/")
-    assert [b.url for b in blocks_of(built, wr.Image)] == ["https://host/small/figures/heatmap_digits_mlp.png",
-                                                           "https://host/small/figures/ptq_digits_mlp.png"]
+    assert [(type(p), p.media_keys, p.title) for p in figures.panels] == [
+        (wr.MediaBrowser, ["figures/heatmap_digits_mlp"], CAPTIONS["heatmap"]),
+        (wr.MediaBrowser, ["figures/ptq_digits_mlp"], CAPTIONS["ptq"])]
 
 
 def test_report_panels_follow_the_metrics_present(results):
@@ -65,8 +67,8 @@ def test_report_panels_follow_the_metrics_present(results):
                                                                "ptq_acc_4bit", "ptq_acc_2bit"])
     built = report.build_report(trials, entity="team", project="hero")
     assert built.title == "hero-bench: small"
-    panels = blocks_of(built, wr.PanelGrid)[0].panels
-    assert [type(p) for p in panels] == [wr.ParallelCoordinatesPlot, wr.ScatterPlot]
+    panels = blocks_of(built, wr.PanelGrid)[1].panels
+    assert [type(p) for p in panels] == [wr.ParallelCoordinatesPlot, wr.LinePlot, wr.ScatterPlot]
     assert [h.text for h in blocks_of(built, wr.H1)] == ["Leaderboard", "Sweep"]  # a DataFrame has no figures
 
 

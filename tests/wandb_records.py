@@ -56,9 +56,11 @@ def items(entries):
 
 def read_run(run_dir):
     """An offline run folder as {"run": RunRecord, "config": nested dict, "history": [rows],
-    "summary": dict, "exit_code": int | None}."""
+    "summary": dict, "exit_code": int | None, "metrics": [MetricRecord], "output": [console lines],
+    "artifacts": [ArtifactRecord]}."""
     (path,) = Path(run_dir).glob("run-*.wandb")
-    out = {"run": None, "config": {}, "history": [], "summary": {}, "exit_code": None}
+    out = {"run": None, "config": {}, "history": [], "summary": {}, "exit_code": None, "metrics": [], "output": [],
+           "artifacts": []}
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -72,4 +74,22 @@ def read_run(run_dir):
             out["summary"].update(items(record.summary.update))
         elif kind == "exit":
             out["exit_code"] = record.exit.exit_code
+        elif kind == "metric":
+            out["metrics"].append(record.metric)
+        elif kind in ("output", "output_raw"):
+            out["output"].append(getattr(record, kind).line)
+        elif kind == "artifact":
+            out["artifacts"].append(record.artifact)
     return out
+
+
+def read_runs(wandb_dir):
+    """Every offline run under `wandb_dir` (a `wandb/` folder) by run id: the attempts of a run (a
+    resumed run has a folder per attempt), each as `read_run` gives it, in the order they started."""
+    runs = {}
+    for folder in Path(wandb_dir).glob("offline-run-*"):
+        attempt = read_run(folder)
+        runs.setdefault(attempt["run"].run_id, []).append(attempt)
+    for attempts in runs.values():
+        attempts.sort(key=lambda a: a["run"].start_time.ToNanoseconds())
+    return runs

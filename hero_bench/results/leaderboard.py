@@ -28,9 +28,9 @@ SHOWN_CONFIG = (trials.METHOD, trials.RADIUS, trials.COEF, trials.LR)
 # ------------------------------------------------------------------------------ per configuration
 
 def per_config(df):
-    """One row per configuration: config columns, family, status, n_trials, n_completed,
-    diverged_epoch, and per metric m over the completed seeds: m_mean, m_std, m_count, m_ci95
-    (formulas in the module docstring).
+    """One row per configuration: config_id, config_hash (where the table has it), config columns,
+    family, status, n_trials, n_completed, diverged_epoch, and per metric m over the completed seeds:
+    m_mean, m_std, m_count, m_ci95 (formulas in the module docstring).
 
     status: `diverged` if any seed diverged; `completed` if every seed of the table (every
     train.seed value seen) completed; `incomplete` otherwise (failed, stopped early, or missing).
@@ -51,6 +51,8 @@ def per_config(df):
     info.insert(len(keys) + 1, STATUS, np.select([info["any_diverged"], complete], ["diverged", "completed"],
                                                    "incomplete"))
     info = info.drop(columns=["any_diverged", "all_completed", "n_seeds"])
+    if trials.CONFIG_HASH in df:  # the id W&B runs carry (tables written before it have none)
+        info.insert(0, trials.CONFIG_HASH, df[trials.CONFIG_HASH].groupby(by, dropna=False, sort=True).first().to_numpy())
     info.insert(0, CONFIG_ID, range(len(info)))  # the numbering of configuration_ids: groupby's sorted order
 
     # Metrics of trials that did not complete are no result: blank them before averaging.

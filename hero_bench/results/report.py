@@ -1,33 +1,41 @@
 """The W&B report of a finished sweep (wandb-workspaces), and the same content as report.md.
 
 `build_report` is pure: it builds the report object (blocks and panels) without any network call,
-so it can be inspected offline. `publish` saves it to W&B when credentials exist and the mode is
-online; report.md is written in every case, so a results folder always carries its report.
+so it can be inspected offline. Its panels read the sweep's W&B runs (hero_bench.tracking): the
+summary run's leaderboard Table and figures, and the trial runs' configs, summaries and histories.
+`publish` saves it to W&B when credentials exist and the mode is online; report.md is written in
+every case, so a results folder always carries its report.
 """
 import netrc
 import os
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
 import wandb_workspaces.reports.v2 as wr
 
-from hero_bench import catalog, trials
+from hero_bench import catalog, tracking, trials
 from hero_bench.atomic import write_atomic
 from hero_bench.errors import HeroBenchError
 from hero_bench.results.figures import CAPTIONS, figures_of
 from hero_bench.results import comparisons
 from hero_bench.results import outputs
 from hero_bench.results.leaderboard import INTRO, experiment_name, markdown_tables, shown_metrics
-from hero_bench.trials import COEF, NOISE, RADIUS, metric_columns
+from hero_bench.trials import COEF, CONFIG_HASH, NOISE, RADIUS, metric_columns
 
 # The sweep's knobs and the accuracies they drive, as parallel axes (config keys, then summary metrics).
 PARALLEL_CONFIG = (RADIUS, COEF, NOISE)
 PARALLEL_METRICS = ("val_acc", "test_acc")
 # Runs carry their method family as W&B job type (tracking.py), so panels group by it.
 FAMILY = "JobType"
-PANELS_NOTE = ("The panels below read the experiment's W&B runs (group `{name}`), grouped by method family "
-               "(the runs' job type); they aggregate every run of a family, while the leaderboard and the figures "
-               "use the configuration chosen by validation accuracy.")
+PANELS_NOTE = ("The panels below read the experiment's trial runs (group `{name}`), grouped by method family "
+               "(the runs' job type) or by configuration (`config_hash`, the same for all seeds of a configuration); "
+               "they aggregate every run of a family, while the leaderboard and the figures use the configuration "
+               "chosen by validation accuracy.")
+TABLE_NOTE = ("The table is leaderboard.csv as the summary run `{run}` logged it: per (dataset, model, label noise) "
+              "and method family, the configuration with the best mean validation accuracy over its seeds (test "
+              "accuracy never chooses), every metric as `_mean` and `_std` over the completed seeds. That run also "
+              "holds trials.csv, leaderboard.csv and comparisons.csv as the artifact `{name}-results`.")
 
 
 def _load(source):
@@ -58,12 +66,15 @@ def _figures(df, folder):
 
 
 def _panels(df):
-    """W&B panels for the metrics the trials table has."""
+    """W&B panels over the trial runs, for the metrics the trials table has."""
     metrics = shown_metrics(metric_columns(df))
     columns = ([wr.ParallelCoordinatesPlotColumn(metric=wr.Config(key)) for key in PARALLEL_CONFIG]
                + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(m)) for m in PARALLEL_METRICS])
     panels = [wr.ParallelCoordinatesPlot(title="radius, hessian_coef, label noise -> accuracy", columns=columns,
-                                         layout=wr.Layout(w=24, h=8))]
+                                         layout=wr.Layout(w=24, h=8)),
+              wr.LinePlot(title="validation accuracy per epoch: mean and std over the seeds of each configuration",
+                          x=tracking.EPOCH, y=["val_acc"], groupby=wr.Config(CONFIG_HASH), groupby_aggfunc="mean",
+                          groupby_rangefunc="stddev", layout=wr.Layout(w=24, h=8))]
     ptq = [entry.column for entry in catalog.entries(metrics, kind="ptq_acc", variant="")]
     if ptq:
         panels.append(wr.BarPlot(title="test accuracy after PTQ, per bit width (%)", metrics=ptq,
@@ -79,34 +90,37 @@ def _panels(df):
     return panels
 
 
-def build_report(source, *, entity, project, title=None, figures_base_url=None):
+def build_report(source, *, entity, project, title=None):
     """The W&B report of a results folder (or trials DataFrame), built without network access.
 
-    Blocks: summary, leaderboard tables (markdown), a panel grid over the experiment's runs
-    (parallel coordinates radius/hessian_coef/label noise -> val/test accuracy, PTQ accuracy per
-    bit width, Hessian top eigenvalue per family, accuracy vs compute), and the figures: images
-    when `figures_base_url` (where the results folder is served, e.g. a raw GitHub URL) is given,
-    otherwise their relative paths.
+    Blocks: summary; the leaderboard, a panel of the summary run's Table (tracking.LEADERBOARD), and
+    the paired comparisons (markdown); a panel grid over the trial runs (parallel coordinates
+    radius/hessian_coef/label noise -> val/test accuracy, validation accuracy per epoch by
+    configuration, PTQ accuracy per bit width, Hessian top eigenvalue per family, accuracy vs compute);
+    the figures, one media panel each of the image the summary run logged (tracking.figure_key).
     """
     name, analysis, folder = _load(source)
     df = analysis.df
-    runset = wr.Runset(entity=entity, project=project, name=name, filters=f"Group = '{name}'")
+    summary_id = tracking.summary_run_id(name)
+    summary = wr.Runset(entity=entity, project=project, name="summary run", filters=f"ID = '{summary_id}'")
+    runs = wr.Runset(entity=entity, project=project, name=name,
+                     filters=f"Group = '{name}' and JobType != '{tracking.SUMMARY}'")
     blocks = [wr.MarkdownBlock(text=_summary(name, df)),
               wr.H1(text="Leaderboard"),
-              wr.MarkdownBlock(text=f"{INTRO}\n\n{markdown_tables(analysis.board, heading='###')}"),
+              wr.MarkdownBlock(text=TABLE_NOTE.format(run=summary_id, name=name)),
+              wr.PanelGrid(runsets=[summary], hide_run_sets=True, panels=[
+                  wr.WeavePanelSummaryTable(table_name=tracking.LEADERBOARD, layout=wr.Layout(w=24, h=12))]),
               wr.MarkdownBlock(text=comparisons.markdown(analysis.paired, heading="#")),
               wr.H1(text="Sweep"),
               wr.MarkdownBlock(text=PANELS_NOTE.format(name=name)),
-              wr.PanelGrid(runsets=[runset], panels=_panels(df))]
+              wr.PanelGrid(runsets=[runs], panels=_panels(df))]
     figures = _figures(df, folder)
     if figures:
-        blocks.append(wr.H1(text="Figures"))
-        if figures_base_url:
-            base = figures_base_url.rstrip("/")
-            blocks += [wr.Image(url=f"{base}/{path}", caption=caption) for path, caption in figures]
-        else:
-            blocks.append(wr.MarkdownBlock(text="\n".join(f"- {caption}: `{folder.name}/{path}`"
-                                                          for path, caption in figures)))
+        blocks += [wr.H1(text="Figures"),
+                   wr.PanelGrid(runsets=[summary], hide_run_sets=True, panels=[
+                       wr.MediaBrowser(title=caption, media_keys=[tracking.figure_key(Path(path))],
+                                       layout=wr.Layout(w=12, h=10))
+                       for path, caption in figures])]
     return wr.Report(entity=entity, project=project, title=title or f"hero-bench: {name}",
                      description="HERO vs SGD, SAM and GradNorm: generalization, label noise, quantization, "
                                  "curvature and cost", blocks=blocks)
@@ -123,10 +137,12 @@ def report_markdown(results_dir, *, title=None):
     figures = _figures(df, folder)
     parts += [f"### {caption}\n\n![{caption}]({path})\n" for path, caption in figures] or \
              ["No figures drawn yet (`hero-bench leaderboard` draws them).\n"]
-    parts.append("## W&B\n\nPublished with `hero-bench report`, the W&B version of this report adds live panels "
-                 "over the experiment's runs: a parallel-coordinates plot of radius, hessian_coef and label noise "
-                 "against validation and test accuracy, PTQ accuracy per bit width and the Hessian top eigenvalue "
-                 "per family, and test accuracy against gradient evaluations.\n")
+    parts.append("## W&B\n\nPublished with `hero-bench report`, the W&B version of this report shows the leaderboard "
+                 "as the summary run's Table and the figures as its images, and adds live panels over the "
+                 "experiment's runs: a parallel-coordinates plot of radius, hessian_coef and label noise against "
+                 "validation and test accuracy, validation accuracy per epoch by configuration (mean and std over "
+                 "seeds), PTQ accuracy per bit width and the Hessian top eigenvalue per family, and test accuracy "
+                 "against gradient evaluations.\n")
     return "\n".join(parts)
 
 
@@ -142,7 +158,7 @@ def has_credentials():
         return False
 
 
-def publish(results_dir, entity, project, *, title=None, figures_base_url=None):
+def publish(results_dir, entity, project, *, title=None):
     """Write results/<name>/report.md; when W&B credentials exist and WANDB_MODE is online (the
     default), also save the report to W&B and print its URL. Returns the URL or the report.md path."""
     folder = trials.path_of(results_dir).parent
@@ -156,8 +172,7 @@ def publish(results_dir, entity, project, *, title=None, figures_base_url=None):
         return path
     if not entity or not project:
         raise HeroBenchError("publishing a W&B report needs --entity and --project")
-    report = build_report(results_dir, entity=entity, project=project, title=title,
-                          figures_base_url=figures_base_url)
+    report = build_report(results_dir, entity=entity, project=project, title=title)
     try:
         report.save()
     except Exception as error:  # network, permissions, unknown entity: one line for the user

@@ -1,20 +1,30 @@
-"""W&B tracking of a sweep: one run per trial, one summary run at the end.
+"""W&B tracking of a sweep: one run per trial, one summary run at the end (hero_bench.tracking makes
+both), driven from Ray Tune's callbacks in the sweep driver.
 
 Runs live under results/<name>/wandb/ (git-ignored), in `offline` mode by default so no account is
-needed (`wandb sync results/<name>/wandb/wandb/offline-run-*` uploads them later). Tracking never
-takes a sweep down: any W&B failure becomes one warning and tracking is switched off for the rest of
-the sweep. The API key is read by wandb from the environment or its netrc; hero-bench never reads or
-writes it.
+needed (`wandb sync results/<name>/wandb/wandb/offline-run-*` uploads them later). A trial keeps one
+run id for its whole life: a retried trial (Ray's `sweep.max_failures`) or one continued by
+`--resume` resumes its run (W&B's resume: an offline run gets one more folder with the same id, and
+`wandb sync` uploads them in order) once the previous attempt's run has finished, and an epoch
+already logged to the run (a retry reports again the epochs after its last checkpoint) is not logged
+twice. Only hero-bench's metrics are logged: Ray's bookkeeping (`RAY_KEYS`) goes nowhere.
+
+Tracking never takes a sweep down. A W&B failure costs a warning and the run it happened in; only
+when W&B itself cannot be reached (hero_bench.tracking.unreachable) is tracking switched off for the
+rest of the sweep.
 """
+import contextlib
 import warnings
 from pathlib import Path
 
 from ray import tune
+from ray.tune.result import AUTO_RESULT_KEYS, DEFAULT_EXPERIMENT_INFO_KEYS, DONE, SHOULD_CHECKPOINT
 
-from hero_bench import trials
+from hero_bench import tracking, trials
 from hero_bench.sweep.space import TrialConfigs, trial_id
 
-INIT_TIMEOUT_S = 30  # online mode without network must not stall a trial for wandb's default 90 s
+# What Ray adds to every result of a trial: its iteration counts, clocks, host, process, ids and flags.
+RAY_KEYS = frozenset({*AUTO_RESULT_KEYS, *DEFAULT_EXPERIMENT_INFO_KEYS, DONE, SHOULD_CHECKPOINT})
 
 
 def callbacks(config, results_dir, configs=None):
@@ -24,8 +34,9 @@ def callbacks(config, results_dir, configs=None):
     return [WandbTrials(config, results_dir, configs)]
 
 
-def numeric(metrics):
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+def reported(result):
+    """What the trial reported, without Ray's bookkeeping."""
+    return {k: v for k, v in result.items() if k not in RAY_KEYS}
 
 
 class WandbTrials(tune.Callback):
@@ -39,7 +50,8 @@ class WandbTrials(tune.Callback):
         self.tracking = config.tracking
         self.configs = configs or TrialConfigs(config)
         self.dir = Path(results_dir) / "wandb"
-        self.runs = {}
+        self.runs = {}  # Ray's trial id -> the open run of the trial's current attempt
+        self.logged = {}  # Ray's trial id -> the last epoch logged to its run
         self.enabled = True
 
     def __getstate__(self):  # Ray pickles callbacks with the experiment state; live runs stay behind
@@ -47,58 +59,64 @@ class WandbTrials(tune.Callback):
         state["runs"] = {}
         return state
 
-    def guarded(self, what, fn, *args, **kwargs):
+    def guarded(self, what, trial, fn, *args):
+        """fn(*args), a W&B call for `trial` (None: the summary run). A failure costs a warning and
+        the trial's run; W&B unreachable, tracking for the rest of the sweep."""
         if not self.enabled:
-            return None
+            return
         try:
-            return fn(*args, **kwargs)
+            fn(*args)
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
-            self.enabled = False
-            warnings.warn(f"W&B {what} failed ({type(exc).__name__}: {exc}); tracking is off for the rest of this sweep, results continue", stacklevel=2)
-            return None
-
-    def init(self, **kwargs):
-        import wandb
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        return wandb.init(
-            project=self.tracking.project, entity=self.tracking.entity, group=self.name, dir=str(self.dir),
-            mode=self.tracking.wandb, reinit="create_new", settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True),
-            **kwargs,
-        )
+            failed = f"W&B {what} failed ({type(exc).__name__}: {exc})"
+            if tracking.unreachable(exc):
+                self.enabled = False
+                warnings.warn(f"{failed}; tracking is off for the rest of this sweep, results continue", stacklevel=2)
+                return
+            if trial is not None:
+                with contextlib.suppress(Exception):  # the run may be what failed
+                    self.end_attempt(trial)
+            ends = f"the run of trial {trial.trial_id} ends here; " if trial is not None else ""
+            warnings.warn(f"{failed}; {ends}the other runs and results continue", stacklevel=2)
 
     def start_run(self, trial):
-        # W&B config stays nested ({"optimizer": {"radius": ...}}), so report panels can address
-        # config:optimizer.radius.
-        config = self.configs.get(trial.config)
-        family = trials.config_family(config)
         key = trial_id(trial.config, trial.trial_id)  # a resumed trial goes on with its own run
-        self.runs[trial.trial_id] = self.init(
-            id=f"{self.name}-{key}", name=f"{family}-{key}", job_type=family, tags=[family],
-            config=trials.ran(config), resume="allow",
-        )
+        config = self.configs.get(trial.config)
+        self.runs[trial.trial_id] = tracking.start_trial(
+            config, mode=self.tracking.wandb, folder=self.dir, id=f"{self.name}-{key}",
+            name=f"{trials.config_family(config)}-{key}", resume="allow")
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.guarded("run start", self.start_run, trial)
+        self.guarded("run start", trial, self.start_run, trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run = self.runs.get(trial.trial_id)
-        if run is not None:
-            self.guarded("log", run.log, numeric(result), step=int(result.get("epoch", result.get("training_iteration", 0))))
+        if trial.trial_id in self.runs:
+            self.guarded("log", trial, self.log, trial, reported(result))
 
-    def end_run(self, trial, status):
+    def log(self, trial, metrics):
+        last = self.logged.get(trial.trial_id, 0)
+        self.logged[trial.trial_id] = tracking.log_epoch(self.runs[trial.trial_id], metrics, last)
+
+    def end_attempt(self, trial):
+        """The run of an attempt that failed (Ray retries the trial from its last checkpoint, and the
+        retry resumes the run) or whose W&B call failed: finished with exit code 1, and forgotten."""
         run = self.runs.pop(trial.trial_id, None)
-        if run is None:
-            return
-        run.summary.update(numeric(trial.last_result))
-        run.summary["status"] = trial.last_result.get("status", status)
-        run.finish(exit_code=0 if status == "completed" else 1)
+        if run is not None:
+            run.finish(exit_code=1)
+
+    def end_run(self, trial, error):
+        run = self.runs.pop(trial.trial_id, None)
+        self.logged.pop(trial.trial_id, None)
+        if run is not None:
+            tracking.finish_trial(run, self.configs.get(trial.config), reported(trial.last_result), error)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.guarded("run finish", trial, self.end_attempt, trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.guarded("run finish", self.end_run, trial, "completed")
+        self.guarded("run finish", trial, self.end_run, trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.guarded("run finish", self.end_run, trial, "failed")
+        self.guarded("run finish", trial, self.end_run, trial, "error")
 
     def where(self):
         """How to see the sweep's W&B runs, in one line."""
@@ -108,18 +126,5 @@ class WandbTrials(tune.Callback):
         return f"W&B: runs in project {self.tracking.project}, group {self.name}"
 
     def finish_sweep(self, results_dir):
-        """One summary run: the leaderboard as a wandb.Table and the figures as images."""
-        self.guarded("summary run", self.log_summary, Path(results_dir))
-
-    def log_summary(self, results_dir):
-        import pandas as pd
-        import wandb
-
-        run = self.init(id=f"{self.name}-summary", name=f"{self.name}-summary", job_type="summary", resume="allow")
-        board = results_dir / "leaderboard.csv"
-        if board.exists():
-            run.log({"leaderboard": wandb.Table(dataframe=pd.read_csv(board))})
-        images = {f"figures/{p.stem}": wandb.Image(str(p)) for p in sorted((results_dir / "figures").glob("*.png"))}
-        if images:
-            run.log(images)
-        run.finish()
+        """The summary run (hero_bench.tracking.log_summary)."""
+        self.guarded("summary run", None, tracking.log_summary, self.tracking, self.name, Path(results_dir))
