@@ -117,8 +117,9 @@ class ResourcesConfig:
 class SweepConfig:
     space: dict | list[dict] = field(default_factory=dict)  # dotted key -> list (grid axis) or {dist: ...}; a list of such grids runs their union
     seeds: list[int] = within(SEEDS, default_factory=lambda: [0])
-    search: str = one_of(("grid", "random", "optuna"), "grid")
-    num_samples: int = within("[1, 10000]", 1)
+    search: str = one_of(("grid", "random", "quasirandom", "optuna"), "grid")  # how the distributions are drawn (docs/sweeps.md)
+    search_seed: int = within(SEEDS, 0)  # seeds the draws of random, quasirandom and optuna search
+    num_samples: int = within("[1, 10000]", 1)  # configurations drawn at each grid point (grid search: runs of each point)
     scheduler: str = one_of(("fifo", "asha"), "fifo")
     asha: AshaConfig = field(default_factory=AshaConfig)
     metric: str = "val_acc"

@@ -99,15 +99,7 @@ def row(trial_id, config, params, result=None, error=None):
     `result` (numbers, and the text columns of TEXT: every other column of the table holds numbers)."""
     out = {TRIAL_ID: trial_id, **config_row(config, params)}
     result = result or {}
-    if error:
-        status = "failed"
-    elif result.get(STATUS) == "diverged":
-        status = "diverged"
-    elif result.get("epoch", 0) < config.train.total_epochs:
-        status = "stopped"  # ended early by the scheduler (ASHA)
-    else:
-        status = "completed"
-    out[STATUS] = status
+    out[STATUS] = status = status_of(result, error, config.train.total_epochs)
     out[DIVERGED_EPOCH] = result.get(DIVERGED_EPOCH)
     out[EPOCHS_DONE] = result.get("epoch", 0) if status != "diverged" else result.get(EPOCHS_DONE)
     out.update({k: v for k, v in result.items()
@@ -115,6 +107,18 @@ def row(trial_id, config, params, result=None, error=None):
     if error:
         out[ERROR] = str(error).strip().splitlines()[-1][:300] if str(error).strip() else "error"
     return out
+
+
+def status_of(result, error, epochs):
+    """A trial's status from its last reported metrics `result`, whether it raised (`error`) and the
+    epochs it was to train (its train.total_epochs)."""
+    if error:
+        return "failed"
+    if result.get(STATUS) == "diverged":
+        return "diverged"
+    if result.get("epoch", 0) < epochs:
+        return "stopped"  # ended early by the scheduler (ASHA)
+    return "completed"
 
 
 def table(rows):

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from hero_bench import cli
+from hero_bench.sweep import search
 from hero_bench.sweep import space as sweep_space
 from hero_bench import config as config_module
 from hero_bench.train import run_trial
@@ -80,14 +81,14 @@ def test_the_claim_experiments_of_the_protocol_exist():
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=ids)
 def test_experiment_file_loads_and_its_sweep_space_validates(path):
     config = config_module.load(path)
-    space = sweep_space.search_space(config)  # validates every grid value against the schema
+    space = search.prepare(config).space  # validates every grid value against the schema, draws what it draws
     assert space["train.seed"] == {"grid_search": config.sweep.seeds}
 
 
 @pytest.mark.parametrize("path", CLAIMS, ids=claim_ids)
 def test_every_claim_experiment_gives_every_family_the_same_budget_with_the_learning_rate(path):
     config = config_module.load(path)
-    budgets = sweep_space.tuning_budgets(config)
+    budgets = search.tuning_budgets(config)
     for _, group in budgets.groupby(["data.name", "model.name", "data.label_noise", "data.label_noise_kind"]):
         assert group["configurations"].nunique() == 1, group[["family", "configurations"]]
         assert all("train.lr" in swept for swept in group["swept"]), group[["family", "swept"]]

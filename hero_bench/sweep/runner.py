@@ -18,10 +18,11 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCall
 from hero_bench import trials
 from hero_bench.atomic import write_atomic
 from hero_bench.errors import ConfigError, Interrupted
-from hero_bench.sweep import console, folder, resume as resuming
+from hero_bench.sweep import console, folder, resume as resuming, search, study
 from hero_bench.sweep.cluster import check_resources, start_ray
-from hero_bench.sweep.space import POINT, TrialConfigs, grid_params, search_space, trial_count, trial_id, trial_params
+from hero_bench.sweep.space import POINT, TrialConfigs, trial_count, trial_id, trial_params
 from hero_bench.sweep.trainable import trainable
+from hero_bench.trials import SEED
 
 # Keeping only the last checkpoints makes Ray snapshot its experiment state at each one; with short
 # trials that is frequent but cheap, so its warning about it is noise here.
@@ -80,8 +81,8 @@ def write_rows(path, rows):
         write_atomic(path, trials.table(rows.values()).to_csv(index=False))
 
 
-def make_tune_config(config, num_samples):
-    sweep, scheduler, search_alg = config.sweep, None, None
+def make_tune_config(config, num_samples, search_alg=None):
+    sweep, scheduler = config.sweep, None
     if sweep.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
@@ -90,10 +91,6 @@ def make_tune_config(config, num_samples):
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max(config.train.epochs, sweep.asha.grace_period),
                                   grace_period=sweep.asha.grace_period, reduction_factor=sweep.asha.reduction_factor,
                                   stop_last_trials=False)
-    if sweep.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch()
     return tune.TuneConfig(
         metric=sweep.metric, mode=sweep.mode, scheduler=scheduler, search_alg=search_alg,
         num_samples=num_samples, max_concurrent_trials=sweep.max_concurrent_trials,
@@ -164,18 +161,18 @@ def sigterm_as_ctrl_c():
 @dataclass
 class Sweep:
     """One `hero-bench sweep`, as decided before Ray starts: the experiment and each trial's Config,
-    its param space, where its results and Ray storage go (`experiment`: the sweep's folder in the
-    storage), its sweep.json `marker`, whether it resumes (from plain files, or with `restore` through
-    Ray's pickled state), more Ray Tune `callbacks`, and whether Ray's own output shows (`verbose`)."""
+    its param space and Ray's num_samples over it (hero_bench.sweep.search), where its results and Ray
+    storage go (`experiment`: the sweep's folder in the storage), its sweep.json `marker`, whether it
+    resumes (from plain files), more Ray Tune `callbacks`, and whether Ray's own output shows (`verbose`)."""
 
     config: object
     configs: TrialConfigs
     space: dict
+    num_samples: int
     results_dir: Path
     experiment: str
     marker: dict
     resume: bool = False
-    restore: bool = False
     callbacks: tuple = ()
     verbose: bool = False
 
@@ -185,46 +182,42 @@ class Sweep:
 
 
 def run(config, *, results_root="results", address=None, storage=None, resume=False, overwrite=False,
-        trust_storage=False, configs=None, callbacks=(), verbose=False):
+        configs=None, callbacks=(), verbose=False):
     """Run (or resume) a sweep and return its trials table. Writes results/<name>/trials.csv.
 
     Every check (the experiment, its search space, the results folder, what --resume would continue,
     the Ray address and resources) passes before anything is written or deleted, and the folder is
     locked for the sweep's lifetime. An interruption (Ctrl-C, SIGTERM) raises Interrupted once every
-    trial that ended is in trials.csv. `trust_storage`: a resume of a sweep with random draws may
-    read Ray's pickled experiment state (see hero_bench.sweep.resume).
+    trial that ended is in trials.csv. Nothing is read from Ray's pickled state (hero_bench.sweep.resume).
     `configs`: the sweep's TrialConfigs, when the caller shares them with its `callbacks` (more Ray
     Tune callbacks, such as W&B tracking). `verbose`: Ray's own output as Ray prints it, instead of
     hero-bench's header and progress (hero_bench.sweep.console)."""
     started = time.time()
     results_dir = Path(results_root).resolve() / config.name
-    space = search_space(config)
+    prepared = search.prepare(config)
     configs = configs or TrialConfigs(config)
-    configs.check(space)
-    if trust_storage and not resume:
-        raise ConfigError("--trust-storage applies only to --resume")
+    configs.check(prepared.checked)
     folder.check(results_dir, resume, overwrite)
     marker = {"sweep_id": secrets.token_hex(4), "storage": storage, "config": config.to_dict()}
-    restore = resume and grid_params(space) is None  # random draws: only Ray's pickled state knows the trials
+    if prepared.draws is not None:
+        marker["draws"] = prepared.draws
     if resume:
         stored = folder.read_marker(results_dir)
         resuming.check_unchanged(stored["config"], config)
+        resuming.check_draws(stored.get("draws"), prepared.draws, results_dir / folder.MARKER)
         marker.update(sweep_id=stored["sweep_id"], storage=storage or stored["storage"])
         if (results_dir / "trials.csv").exists():
             trials.parse(results_dir / "trials.csv")  # a table that cannot be read at all is refused now, before Ray starts
-        if restore and not trust_storage:
-            raise ConfigError(f"--resume: this sweep draws its trials at random (sweep.search {config.sweep.search} or a "
-                              "distribution), which only Ray's pickled experiment state records; continuing it unpickles "
-                              f"that state from {marker['storage']}, so pass --trust-storage if you trust that folder like any pickle")
+            if config.sweep.search == "optuna" and not (results_dir / folder.JOURNAL).is_file():
+                raise ConfigError(f"--resume: {results_dir / folder.JOURNAL} is missing, and with it the Optuna studies that "
+                                  "chose this sweep's configurations; start the sweep again with --overwrite")
     storage = marker["storage"] or str(Path("ray_results").resolve())
     marker["storage"] = storage if "://" in storage else str(Path(storage).resolve())
-    sweep = Sweep(config, configs, space, results_dir, f"{marker['storage'].rstrip('/')}/{config.name}", marker,
-                  resume, restore, tuple(callbacks), verbose)
+    sweep = Sweep(config, configs, prepared.space, prepared.num_samples, results_dir,
+                  f"{marker['storage'].rstrip('/')}/{config.name}", marker, resume, tuple(callbacks), verbose)
     with console.ray_quiet(verbose):
         start_ray(address)
         check_resources(config.sweep.resources_per_trial, address)
-        if restore and not tune.Tuner.can_restore(sweep.experiment):
-            raise ConfigError(f"--resume: no Ray experiment state at {sweep.experiment}; run without --resume to start afresh")
         lock = folder.prepare(results_dir, resume, overwrite, marker)
         try:
             frame, total = execute(sweep)
@@ -239,45 +232,49 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
 
 def execute(sweep):
     """Run the sweep's Tuner until every trial has ended or it is interrupted; returns the trials
-    table (written to results/<name>/trials.csv) and how many trials the sweep has. A resumed grid
-    sweep runs a new Tuner over the trials its plan leaves (hero_bench.sweep.resume); `restore`
-    resumes one through Ray's pickled experiment state instead (Tuner.restore)."""
-    config, table, space = sweep.config, sweep.table, sweep.space
-    num_samples, checkpoints, recorded = config.sweep.num_samples, {}, None
+    table (written to results/<name>/trials.csv) and how many trials the sweep has. A resumed sweep
+    runs a new Tuner over the trials its plan leaves (hero_bench.sweep.resume); an optuna sweep's
+    searcher (hero_bench.sweep.study) asks the configurations, a resumed one first runs the seeds left
+    of those it had asked."""
+    config, table, space, num_samples = sweep.config, sweep.table, sweep.space, sweep.num_samples
+    checkpoints, searcher = {}, None
+    if config.sweep.search == "optuna":
+        searcher = study.Searcher(config, sweep.results_dir / folder.JOURNAL)
     total = trial_count(space, num_samples)
-    if sweep.resume and not sweep.restore:
-        plan = resuming.plan(config, sweep.configs, space, table, sweep.experiment, sweep.marker["sweep_id"])
+    if sweep.resume:
+        if searcher is not None:  # the configurations asked so far, at every seed: the grid that --resume continues
+            space, num_samples = {POINT: tune.grid_search(searcher.open()), SEED: tune.grid_search(config.sweep.seeds)}, 1
+        plan = resuming.plan(config, sweep.configs, space, num_samples, table, sweep.experiment, sweep.marker["sweep_id"])
         trials.warn_damaged(table, plan.damaged)
         rows = {r[trials.TRIAL_ID]: r for r in plan.rows}
         write_rows(table, rows)  # only the rows kept: a damaged row's trial is run again
-        if not plan.points:
+        unasked = total - trial_count(space, num_samples) if searcher is not None else 0  # trials of configurations to ask
+        if not plan.points and not unasked:
             return trials.table(rows.values()), len(rows)
-        space, num_samples, checkpoints = {POINT: tune.grid_search(plan.points)}, 1, plan.checkpoints
-        total = len(rows) + len(plan.points)
-    elif sweep.restore:
-        recorded = {i: r for i, r in read_rows(table).items() if r[trials.STATUS] in trials.FINAL_STATUSES}
+        if searcher is not None:
+            searcher.backlog = plan.points  # run before any new configuration is asked
+            space, num_samples = {}, len(plan.points) + unasked
+        else:
+            space, num_samples = {POINT: tune.grid_search(plan.points)}, 1
+        checkpoints, total = plan.checkpoints, len(rows) + len(plan.points) + unasked
     fn = tune.with_resources(
         tune.with_parameters(trainable, base=config, sweep_id=sweep.marker["sweep_id"], checkpoints=checkpoints,
-                             recorded=recorded, verbose=sweep.verbose),
+                             verbose=sweep.verbose),
         vars(config.sweep.resources_per_trial))
-    finished_before = total - trial_count(space, num_samples) if sweep.resume and not sweep.restore else 0
+    finished_before = total - trial_count(space, num_samples)
     progress = []
     if not sweep.verbose:
         at_once = console.concurrency(config.sweep.resources_per_trial, config.sweep.max_concurrent_trials)
         print(console.header(config, total, finished_before, at_once, sweep.results_dir, sweep.experiment), flush=True)
         progress = [console.Progress(total, finished_before, config.sweep.metric)]
-    if not sweep.restore:
-        sheet = TrialsTable(sweep.configs, table)
-        run_config = tune.RunConfig(
-            name=config.name, storage_path=sweep.marker["storage"],
-            callbacks=[*ray_loggers(config.tracking), sheet, *progress, *sweep.callbacks],
-            failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1 if sweep.verbose else 0,
-        )
-        tuner = tune.Tuner(fn, param_space=space, tune_config=make_tune_config(config, num_samples), run_config=run_config)
-    else:
-        # the TrialsTable, like every callback, comes back from the pickled state; it keeps trials.csv
-        tuner = tune.Tuner.restore(sweep.experiment, trainable=fn, resume_errored=True)
+    sheet = TrialsTable(sweep.configs, table)
+    run_config = tune.RunConfig(
+        name=config.name, storage_path=sweep.marker["storage"],
+        callbacks=[*ray_loggers(config.tracking), sheet, *progress, *sweep.callbacks],
+        failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1 if sweep.verbose else 0,
+    )
+    tuner = tune.Tuner(fn, param_space=space, tune_config=make_tune_config(config, num_samples, searcher), run_config=run_config)
     with without_auto_loggers(), ray_resume_advice_muted(), sigterm_as_ctrl_c():
         try:
             tuner.fit()
@@ -285,6 +282,5 @@ def execute(sweep):
             pass
     for bar in progress:
         bar.close()
-    rows = read_rows(table) if sweep.restore else sheet.rows
-    write_rows(table, rows)
-    return trials.table(rows.values()), total
+    write_rows(table, sheet.rows)
+    return trials.table(sheet.rows.values()), total
