@@ -5,6 +5,7 @@
     cluster    starting or joining Ray, checking its resources
     tracking   W&B runs of the trials (a Ray Tune callback)
     folder     the results folder: what marks it as a sweep's, its lock, --overwrite
+    rungs      ASHA over configurations: a configuration's seeds stop together
     study      Optuna search with seeds: one study trial per configuration, told its seeds' mean
     search     what Ray runs: a grid, random or quasirandom draws, or Optuna; tuning budgets
     resume     --resume of any sweep from plain files, without Ray's pickled state

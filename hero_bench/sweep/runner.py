@@ -20,6 +20,7 @@ from hero_bench.atomic import write_atomic
 from hero_bench.errors import ConfigError, Interrupted
 from hero_bench.sweep import console, folder, resume as resuming, search, study
 from hero_bench.sweep.cluster import check_resources, start_ray
+from hero_bench.sweep.rungs import ConfigurationASHA
 from hero_bench.sweep.space import POINT, TrialConfigs, trial_count, trial_id, trial_params
 from hero_bench.sweep.trainable import trainable
 from hero_bench.trials import SEED
@@ -82,18 +83,10 @@ def write_rows(path, rows):
 
 
 def make_tune_config(config, num_samples, search_alg=None):
-    sweep, scheduler = config.sweep, None
-    if sweep.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        # Rungs by epoch: Ray's training_iteration restarts at 1 in a resumed trial. Every trial ends
-        # at its own last epoch, never at max_t (Ray's default of 100 cut 200-epoch trials in half).
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max(config.train.epochs, sweep.asha.grace_period),
-                                  grace_period=sweep.asha.grace_period, reduction_factor=sweep.asha.reduction_factor,
-                                  stop_last_trials=False)
+    sweep = config.sweep
     return tune.TuneConfig(
-        metric=sweep.metric, mode=sweep.mode, scheduler=scheduler, search_alg=search_alg,
-        num_samples=num_samples, max_concurrent_trials=sweep.max_concurrent_trials,
+        metric=sweep.metric, mode=sweep.mode, scheduler=ConfigurationASHA(config) if sweep.scheduler == "asha" else None,
+        search_alg=search_alg, num_samples=num_samples, max_concurrent_trials=sweep.max_concurrent_trials,
         reuse_actors=True,
     )
 
