@@ -148,6 +148,26 @@ def test_a_resumed_optuna_study_asks_on_where_it_stopped_and_never_asks_a_config
     assert [t.user_attrs["seed 1"]["trial_id"] for t in trials_[:2]] == ["t1", "r3"]  # a continued trial keeps its id
 
 
+def test_a_journal_cut_by_a_crash_is_repaired_on_opening(tmp_path):
+    """Stopped between the journal's writes: a configuration asked halfway (one of its two values) never
+    ran, so it is failed and not counted; one whose seeds had all ended but was not told is told."""
+    config = make("optuna", {"train.lr": LR, "train.momentum": {"dist": "uniform", "low": 0.0, "high": 0.9}}, num_samples=3)
+    first = study.Searcher(config, tmp_path / "optuna.journal")
+    told = ask_everything(first, completed)[0][POINT]  # three configurations, each told
+    storage, study_id = first.storage, first.ids[0]
+    untold = storage.create_new_trial(study_id)
+    storage.set_trial_param(untold, "train.lr", 0.05, study.distribution(cells(config.sweep)[0].distributions["train.lr"]))
+    storage.set_trial_param(untold, "train.momentum", 0.5, study.distribution(cells(config.sweep)[0].distributions["train.momentum"]))
+    for seed in SEEDS:
+        storage.set_trial_user_attr(untold, f"seed {seed}", {"trial_id": f"u{seed}", "status": "completed", "val_acc": 70.0 + seed})
+    halfway = storage.create_new_trial(study_id)
+    storage.set_trial_param(halfway, "train.lr", 0.02, study.distribution(cells(config.sweep)[0].distributions["train.lr"]))
+    asked = study.Searcher(config, tmp_path / "optuna.journal").open()
+    assert len(asked) == 4 and asked[0] == told and asked[3] == {"train.lr": 0.05, "train.momentum": 0.5}
+    states = [(t.state.name, t.value) for t in optuna.load_study(study_name="rel [0]", storage=study_storage(tmp_path / "optuna.journal")).trials]
+    assert states[3:] == [("COMPLETE", 71.0), ("FAIL", None)]
+
+
 def study_storage(path):
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 

@@ -19,8 +19,8 @@ The studies live in one Optuna journal file in the results folder, optuna.journa
 never pickles), which `optuna-dashboard results/<name>/optuna.journal` opens. Each study's sampler is
 Optuna's TPE, seeded by sweep.search_seed, the point's index and the number of trials the study
 already holds (so a resumed study never asks its first configurations again). --resume continues from
-the journal alone: `asked` lists the configurations asked so far, the seeds of those not yet told run
-first (from their checkpoints, like a grid's), then new configurations are asked.
+the journal alone: `Searcher.open` lists the configurations asked so far, the seeds of those not yet
+told run first (from their checkpoints, like a grid's), then new configurations are asked.
 """
 import json
 import math
