@@ -10,7 +10,7 @@ the values the other configurations have there, the configuration is stopped at 
 later seed of it stops when it reaches that rung (a seed already past it, at its next epoch), so a
 configuration's seeds stop at one rung and its trials are all `stopped`. Otherwise every seed of it
 goes on past that rung. A configuration is thus run to the end at every seed, or stopped at one rung.
-A trial that no rung stops runs all its epochs. A resumed sweep starts its rungs afresh.
+A trial that no rung stops runs all its epochs. A resumed sweep starts its rungs afresh (docs/sweeps.md).
 """
 import json
 import math
