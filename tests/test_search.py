@@ -2,19 +2,21 @@
 seed. The draws and the Optuna searcher on their own (no Ray), then real sweeps through a local Ray
 (started once for this module, always shut down), interrupted by Ctrl-C and resumed from plain files."""
 import json
+import re
 import signal
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import ray
 from ray import tune
 
 from hero_bench import config as config_module
 from hero_bench import sweep, trials
-from hero_bench.errors import Interrupted
+from hero_bench.errors import ConfigError, Interrupted
 from hero_bench.results import leaderboard, outputs
-from hero_bench.sweep import search, study
+from hero_bench.sweep import folder, search, study
 from hero_bench.sweep.space import CONTINUES, POINT, cells
 from test_lifecycle import plant_code
 from tiny import experiment
@@ -170,6 +172,25 @@ def test_a_journal_cut_by_a_crash_is_repaired_on_opening(tmp_path):
 
 def study_storage(path):
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+@pytest.mark.parametrize("case", ["other draws", "no draws", "no journal"])
+def test_resume_refuses_draws_it_did_not_run_and_an_optuna_sweep_without_its_journal(tmp_path, case):
+    config = make("optuna" if case == "no journal" else "random", FAMILIES)
+    results = tmp_path / "results" / "rel"
+    results.mkdir(parents=True)
+    marker = {"sweep_id": "s", "storage": str(tmp_path / "ray"), "config": json.loads(json.dumps(config.to_dict()))}
+    if case == "other draws":
+        marker["draws"] = [{**d, "train.lr": d["train.lr"] / 2} for d in search.draw(config.sweep)]
+    folder.write_marker(results, marker)
+    (results / "trials.csv").write_text("trial_id,status,data.name,model.name,optimizer.name,optimizer.radius,"
+                                        "optimizer.hessian_coef,data.label_noise,train.seed,val_acc,test_acc\n")
+    before = sorted(p.name for p in results.iterdir())
+    expect = "optuna.journal is missing" if case == "no journal" else \
+        f"the configurations this file draws are not those the sweep ran ({results / 'sweep.json'} holds {case.split()[0]}"
+    with pytest.raises(ConfigError, match=re.escape(expect)):
+        sweep.run(config, results_root=tmp_path / "results", resume=True)
+    assert sorted(p.name for p in results.iterdir()) == before and not ray.is_initialized()
 
 
 # --------------------------------------------------------------------- real sweeps through Ray

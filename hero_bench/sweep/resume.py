@@ -42,9 +42,9 @@ def check_draws(stored, draws, marker):
     """Refuse to resume a random or quasirandom sweep whose configurations, drawn again from the
     file, are not those it ran (`stored`, from its sweep.json `marker`)."""
     if draws is not None and stored != json.loads(json.dumps(draws)):
-        raise ConfigError(f"--resume: the configurations drawn from this file differ from those the sweep ran ({marker} "
-                          f"{'holds none' if stored is None else 'holds others'}: another numpy or scipy, or a sweep.json "
-                          "written before draws were stored); start the sweep again with --overwrite")
+        raise ConfigError(f"--resume: the configurations this file draws are not those the sweep ran ({marker} holds "
+                          f"{'none' if stored is None else 'others'}; another numpy or scipy draws otherwise); start the "
+                          "sweep again with --overwrite")
 
 
 def flatten(tree, prefix=""):
