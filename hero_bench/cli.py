@@ -93,8 +93,7 @@ def cmd_sweep(args):
     owns_ray = not ray.is_initialized()  # a Ray the caller started is the caller's to shut down
     try:
         frame = sweep.run(config, results_root=args.results, address=args.address, storage=args.storage,
-                          resume=args.resume, overwrite=args.overwrite, trust_storage=args.trust_storage,
-                          configs=configs, callbacks=trackers, verbose=args.verbose)
+                          resume=args.resume, overwrite=args.overwrite, configs=configs, callbacks=trackers, verbose=args.verbose)
         _, skipped = outputs.write(results_dir)
         for tracker in trackers:
             tracker.finish_sweep(results_dir)
@@ -164,9 +163,6 @@ def parser():
     group = sp.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are not rerun")
     group.add_argument("--overwrite", action="store_true", help="replace the results of an earlier sweep with the same name")
-    sp.add_argument("--trust-storage", action="store_true",
-                    help="with --resume of a sweep with random draws (random or optuna search, distributions): read Ray's "
-                    "pickled experiment state from the storage, which can run code; only for storage you trust like any pickle")
     sp.add_argument("--max-concurrent", type=int, metavar="N", help="override sweep.max_concurrent_trials")
     sp.add_argument("--wandb", choices=("offline", "online", "disabled"), help="override tracking.wandb")
     sp.add_argument("--verbose", action="store_true", help="Ray's own output (status tables, every result, "

@@ -118,8 +118,9 @@ class ResourcesConfig:
 class SweepConfig:
     space: dict | list[dict] = field(default_factory=dict)  # dotted key -> list (grid axis) or {dist: ...}; a list of such grids runs their union
     seeds: list[int] = within(SEEDS, default_factory=lambda: [0])
-    search: str = one_of(("grid", "random", "optuna"), "grid")
-    num_samples: int = within("[1, 10000]", 1)
+    search: str = one_of(("grid", "random", "quasirandom", "optuna"), "grid")  # how the distributions are drawn (docs/sweeps.md)
+    search_seed: int = within(SEEDS, 0)  # seeds the draws of random, quasirandom and optuna search
+    num_samples: int = within("[1, 10000]", 1)  # configurations drawn at each grid point (grid search: runs of each point)
     scheduler: str = one_of(("fifo", "asha"), "fifo")
     asha: AshaConfig = field(default_factory=AshaConfig)
     metric: str = "val_acc"
@@ -204,14 +205,16 @@ def validate(config):
 
 
 def check_stages(sweep):
-    """Confirmation seeds fresh, and the stages after tuning only where the configurations are explicit."""
+    """Confirmation seeds fresh, and the stages after tuning only where the configurations are known
+    before the sweep runs (explicit points: hero_bench.sweep.stages)."""
     again = sorted(set(sweep.confirm_seeds) & set(sweep.seeds))
     if again:
         raise ConfigError(f"sweep.confirm_seeds must be fresh seeds, not in sweep.seeds: {again[0]} is in both")
     if len(set(sweep.confirm_seeds)) < len(sweep.confirm_seeds):
         raise ConfigError("sweep.confirm_seeds lists a seed twice")
-    if (sweep.confirm_seeds or sweep.bracket) and sweep.search != "grid":
-        raise ConfigError(f"sweep.confirm_seeds and sweep.bracket need sweep.search: grid, got {sweep.search}")
+    if (sweep.confirm_seeds or sweep.bracket) and sweep.search == "optuna":
+        raise ConfigError("sweep.confirm_seeds and sweep.bracket need configurations known before the sweep runs: "
+                          "sweep.search grid, random or quasirandom, not optuna")
 
 
 def check_hypothesis(where, hypothesis):

@@ -1,6 +1,7 @@
 import pytest
 
 from hero_bench import catalog, config, yamlfile
+from hero_bench.sweep import search
 from hero_bench.sweep import space as sweep_space
 from hero_bench.train import run_trial
 from tiny import experiment
@@ -53,7 +54,7 @@ def test_aliases_are_read_as_independent_copies(tmp_path):
     grids = yamlfile.read_yaml(path)["sweep"]["space"]
     assert grids[1] == {"optimizer.name": ["hero"], "train.lr": [0.01, 0.1]} and grids[2]["train.lr"] == [0.01, 0.1]
     assert grids[0]["train.lr"] is not grids[2]["train.lr"]  # editing one grid never edits another
-    points = sweep_space.union_points(config.load(path).sweep.space)
+    points = [cell.point for cell in sweep_space.cells(config.load(path).sweep)]
     assert len(points) == 6 and {"optimizer.name": "hero", "train.lr": 0.1} in points
 
 
@@ -70,12 +71,12 @@ def test_bounds_sit_where_a_typo_is_likely_and_real_values_pass():
     assert cfg.train.epochs == 100_000 and cfg.train.seed == 2**32 - 1
 
 
-def test_every_trial_config_of_a_random_search_is_checked_for_what_its_factories_read():
-    base = config.from_dict({"name": "t", "sweep": {"search": "random", "num_samples": 3, "space": {
+def test_every_trial_config_of_an_optuna_search_is_checked_for_what_its_factories_read():
+    base = config.from_dict({"name": "t", "sweep": {"search": "optuna", "num_samples": 3, "space": {
         "model.name": {"dist": "choice", "values": ["mlp", "lenet5"]},
         "train.lr": {"dist": "loguniform", "low": 0.01, "high": 0.3}}}})
     checked = sweep_space.TrialConfigs(base)
-    checked.check(sweep_space.search_space(base))
+    checked.check(search.prepare(base).checked)
     # every model choice, the learning rate once (at the low end of its range)
     assert sorted((c.model.name, c.train.lr) for c in checked._configs.values()) == [("lenet5", 0.01), ("mlp", 0.01)]
 

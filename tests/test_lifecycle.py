@@ -29,7 +29,7 @@ from hero_bench import atomic, cli, config as config_module, sweep, trials
 from hero_bench.errors import ConfigError
 from hero_bench.results import leaderboard
 from hero_bench.sweep import folder, resume, trainable
-from hero_bench.sweep.space import CONTINUES, TrialConfigs, search_space
+from hero_bench.sweep.space import CONTINUES, TrialConfigs, points as sweep_points, search_space
 from hero_bench.train import run_trial
 from processes import hero_bench_process, kill_all, wait_for
 from test_reliability import RunsCode, same_rows
@@ -289,7 +289,7 @@ def test_resume_plans_each_unfinished_trial_once_from_its_latest_checkpoint(tmp_
     save_checkpoint(storage, "nostate", 2, {"sweep": "s1", "trial_id": "a_00006", "params": point[(0.0, 1)], "epoch": 2}, state=False)
     save_checkpoint(storage, "garbage", 2, "{not json")
 
-    plan = resume.plan(config, configs, space, tmp_path / "trials.csv", str(storage / "rel"), "s1")
+    plan = resume.plan(configs, sweep_points(space, 2), tmp_path / "trials.csv", str(storage / "rel"), "s1")
     assert sorted(r["trial_id"] for r in plan.rows) == ["a_00000", "a_00001", "a_00002"]
     assert len(plan.damaged) == 1 and plan.damaged[0].startswith("line 6: ")
     left = sorted((p["optimizer.radius"], p["train.seed"], p.get(CONTINUES, "")) for p in plan.points)
@@ -367,12 +367,12 @@ def test_resume_unpickles_nothing_from_storage_and_continues_interrupted_trials_
     assert {stat.S_IMODE(p.stat().st_mode) for p in results.rglob("*") if p.is_file()} == {0o640}
 
 
-# --------------------------------------------------- 1 and 6: SIGTERM, a sweep Ray alone can resume
+# ------------------------------------------------- 1 and 6: SIGTERM, a random search resumed from plain files
 
 @pytest.mark.slow
-def test_sigterm_stops_a_random_search_which_resumes_only_with_trust_storage(tmp_path, monkeypatch, capsys):
+def test_sigterm_stops_a_random_search_which_resumes_from_plain_files(tmp_path):
     write_experiment(tmp_path, **LONG, sweep={"space": {"train.lr": {"dist": "loguniform", "low": 0.01, "high": 0.1}},
-                                              "search": "random", "num_samples": 3, "max_concurrent_trials": 1, "checkpoint_every": 5})
+                                              "search": "random", "seeds": [0, 1, 2], "max_concurrent_trials": 1, "checkpoint_every": 5})
     args = ["sweep", "exp.yaml", "--storage", "ray"]
     with hero_bench_process(args, tmp_path) as (proc, collect, tree):
         assert wait_for(lambda: checkpointed_trials(tmp_path / "ray"), proc, collect, timeout=300), (tmp_path / "hero-bench-0.log").read_text()[-3000:]
@@ -383,17 +383,16 @@ def test_sigterm_stops_a_random_search_which_resumes_only_with_trust_storage(tmp
     done = len(read_table(tmp_path / "results" / "rel" / "trials.csv"))
     assert messages(log) == [f"hero-bench: interrupted: {done} of 3 trials finished; run the same command with --resume"]
     assert "Traceback" not in log.read_text()
+    marker = tmp_path / "code-ran"
+    assert plant_code(tmp_path / "ray" / "rel", marker) >= 3
 
-    monkeypatch.chdir(tmp_path)
-    assert cli.main([*args, "--resume"]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and "draws its trials at random" in err[0] and "pass --trust-storage if you trust that folder like any pickle" in err[0]
-
-    with hero_bench_process([*args, "--resume", "--trust-storage"], tmp_path) as (proc, collect, tree):
+    with hero_bench_process([*args, "--resume"], tmp_path) as (proc, collect, tree):
         assert wait_for(lambda: proc.poll() is not None, proc, collect, timeout=400)
         assert proc.returncode == 0, (tmp_path / "hero-bench-1.log").read_text()[-3000:]
+    assert not marker.exists(), "code planted in Ray's storage ran"
     after = read_table(tmp_path / "results" / "rel" / "trials.csv")
     assert len(after) == 3 and after["trial_id"].is_unique and set(after["status"]) == {"completed"}
+    assert sorted(after["train.seed"]) == [0, 1, 2] and after["train.lr"].nunique() == 1  # one draw, at every seed
     assert (after["resumed_from_epoch"] >= 5).sum() >= 1  # the interrupted trial went on from its checkpoint
 
 

@@ -210,8 +210,9 @@ def test_a_results_folder_that_cannot_be_created_is_a_clear_error(local_ray, tmp
 
 @pytest.fixture(scope="module")
 def divergence_sweeps(local_ray, tmp_path_factory):
-    """The same grid, one point of which diverges in its first epoch, swept twice into two folders."""
-    config = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.05, 1e6]}, "seeds": [0, 1]}))
+    """The same grid, one point of which (the largest lr allowed) diverges in its second epoch, swept twice
+    into two folders."""
+    config = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.05, 1000.0]}, "seeds": [0, 1]}))
     folders = []
     for _ in range(2):
         root = tmp_path_factory.mktemp("divergence")
@@ -224,8 +225,8 @@ def test_a_diverging_grid_point_is_recorded_and_never_ranked_best(divergence_swe
     folder = divergence_sweeps[0]
     trials = pd.read_csv(folder / "trials.csv")
     assert len(trials) == 4
-    diverged, fine = trials[trials["train.lr"] == 1e6], trials[trials["train.lr"] == 0.05]
-    assert set(diverged["status"]) == {"diverged"} and set(diverged["diverged_epoch"]) == {1}
+    diverged, fine = trials[trials["train.lr"] == 1000], trials[trials["train.lr"] == 0.05]
+    assert set(diverged["status"]) == {"diverged"} and set(diverged["diverged_epoch"]) == {2}
     assert set(fine["status"]) == {"completed"} and set(fine["epochs_done"]) == {2}  # the sweep went on
 
     outputs.write(folder)
@@ -233,8 +234,8 @@ def test_a_diverging_grid_point_is_recorded_and_never_ranked_best(divergence_swe
     chosen = board[board["status"] == "completed"]
     assert chosen["train.lr"].tolist() == [0.05] and chosen["best_test_acc"].all()
     listed = board[board["status"] == "diverged"]
-    assert listed["train.lr"].tolist() == [1e6] and not listed["best_test_acc"].any()
-    assert "diverged (epoch 1)" in (folder / "leaderboard.md").read_text()
+    assert listed["train.lr"].tolist() == [1000] and not listed["best_test_acc"].any()
+    assert "diverged (epoch 2)" in (folder / "leaderboard.md").read_text()
 
 
 def test_the_same_sweep_twice_gives_identical_trials_apart_from_timings(divergence_sweeps):

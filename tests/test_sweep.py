@@ -50,6 +50,23 @@ def test_asha_stops_clearly_worse_configurations_early(tmp_path):
     assert frame.loc[frame["train.lr"] == 0.1, "status"].item() == "completed"
 
 
+def test_asha_stops_a_configuration_at_one_rung_at_every_seed_never_one_seed_for_another(tmp_path):
+    """Rungs compare configurations by their seeds' mean (hero_bench.sweep.rungs): a configuration runs
+    to the end at every seed, or is stopped at one rung at every seed. Ray's own ASHA compares trials:
+    here it let lr 0.1 complete at seed 0 and stopped its seeds 1 and 2 at the rung of epoch 4, each
+    a little worse than seed 0 there, so the best configuration was never complete."""
+    config = config_module.from_dict(experiment(train={"epochs": 6}, sweep={
+        "space": {"train.lr": [0.1, 0.01, 1e-6]}, "seeds": [0, 1, 2], "metric": "train_loss", "mode": "min",
+        "scheduler": "asha", "asha": {"grace_period": 1, "reduction_factor": 2}, "max_concurrent_trials": 1}))
+    frame = sweep.run(config, results_root=tmp_path / "r", storage=str(tmp_path / "ray"))
+    assert len(frame) == 9
+    for lr, seeds in frame.groupby("train.lr"):
+        assert sorted(seeds["train.seed"]) == [0, 1, 2]
+        assert set(seeds["status"]) in ({"completed"}, {"stopped"}), seeds[["train.seed", "status", "epochs_done"]]
+        assert seeds["epochs_done"].nunique() == 1  # one trial at a time: every seed stopped where its configuration was
+    assert set(frame.loc[frame["train.lr"] == 0.1, "status"]) == {"completed"} and (frame["status"] == "stopped").any()
+
+
 def test_an_existing_sweep_is_not_overwritten_without_being_told(tmp_path):
     config = make(space={"optimizer.radius": [0.0]})
     sweep.run(config, results_root=tmp_path / "r", storage=str(tmp_path / "ray"))

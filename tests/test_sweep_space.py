@@ -38,7 +38,8 @@ def test_a_union_point_becomes_the_trials_config_and_row():
     ([{"optimizer.radius": [-0.5]}], {}, r"sweep.space\[0\].optimizer.radius: optimizer.radius must be in \[0, inf\)"),
     ([{}], {}, r"sweep.space\[0\] is empty"),
     ([{"optimizer.radius": []}], {}, r"sweep.space\[0\].optimizer.radius is an empty list"),
-    ([{"optimizer.radius": [0.5]}], {"search": "random"}, "needs sweep.search: grid"),
+    ([{"optimizer.radius": [0.5], "train.lr": {"dist": "loguniform", "low": 0.01, "high": 0.1}}], {},
+     r"sweep.space\[0\].train.lr: a distribution is drawn by sweep.search random, quasirandom or optuna"),
 ])
 def test_bad_union_grids_name_the_grid_and_key(space, extra, message):
     with pytest.raises(ConfigError, match=message):

@@ -18,11 +18,12 @@ import ray
 from ray import tune
 from tqdm.auto import tqdm
 
-from hero_bench.sweep.space import CONTINUES, trial_params
+from hero_bench.sweep.space import trial_params
 from hero_bench.trials import SEED
 
-# Ray's loggers whose INFO lines a sweep's user does not need (a notice at start, a line per checkpoint).
-RAY_CHATTER = ("ray", "ray.tune", "ray.train", "ray._private")
+# Loggers whose INFO lines a sweep's user does not need: Ray's (a notice at start, a line per
+# checkpoint) and Optuna's (a line per study and per configuration told, which the progress lines show).
+CHATTER = ("ray", "ray.tune", "ray.train", "ray._private", "optuna")
 # The notice that a Ray started by hero-bench itself uses token authentication: about Ray's setup,
 # not the sweep; `ray start` prints it to those who run a cluster themselves.
 RAY_NOTICES = ("ray._private.authentication",)
@@ -38,7 +39,7 @@ def ray_quiet(verbose):
     if verbose:
         yield
         return
-    levels = {**dict.fromkeys(RAY_CHATTER, logging.WARNING), **dict.fromkeys(RAY_NOTICES, logging.ERROR)}
+    levels = {**dict.fromkeys(CHATTER, logging.WARNING), **dict.fromkeys(RAY_NOTICES, logging.ERROR)}
     env = {k: v for k, v in RAY_QUIET_ENV.items() if k != "RAY_COLOR_PREFIX" or not sys.stdout.isatty()}
     saved = {name: logging.getLogger(name).level for name in levels}, {k: os.environ.get(k) for k in env}
     for name, level in levels.items():
@@ -60,7 +61,7 @@ def quiet_trial(verbose):
     """In a trial's worker, unless --verbose: Ray's INFO lines (one per checkpoint) off, and no
     "Exception ignored in ..." traceback when Ray stops the worker at the end of the sweep."""
     if not verbose:
-        for name in RAY_CHATTER:
+        for name in CHATTER:
             logging.getLogger(name).setLevel(logging.WARNING)
         sys.unraisablehook = ignore_exit
 
@@ -136,7 +137,7 @@ class Progress(tune.Callback):
 
     def line(self, trial, status):
         """`[ 12/96, 0:01:40, ETA 0:12:13] completed  optimizer.radius=0.5 ... train.seed=1  val 96.9 test 95.8`"""
-        swept = {k: v for k, v in trial_params(trial.config).items() if k != CONTINUES}
+        swept = {k: f"{v:.6g}" if isinstance(v, float) else v for k, v in trial_params(trial.config).items()}  # a drawn float in short
         values = " ".join(f"{k}={v}" for k, v in swept.items() if k != SEED) + f" {SEED}={swept.get(SEED)}"
         result = trial.last_result or {}
         scores = " ".join(f"{name} {result[key]:.2f}" for key, name in (("val_acc", "val"), ("test_acc", "test"))

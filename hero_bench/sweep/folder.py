@@ -1,7 +1,8 @@
 """The results folder of a sweep, results/<name>/: what marks it as a sweep's, its lock, replacing it.
 
 - `sweep.json` marks the folder as a hero-bench sweep's and holds, as plain JSON, what --resume
-  needs: the resolved experiment, the Ray storage and the sweep's id (its checkpoints carry it).
+  needs: the resolved experiment, the Ray storage, the sweep's id (its checkpoints carry it) and the
+  configurations a random or quasirandom search drew.
 - `sweep.lock` is locked (flock) by the one sweep running in the folder, and names it. The kernel
   drops the lock when that process ends, however it ends, so a crashed sweep's lock is stale and
   the next sweep takes it over.
@@ -23,10 +24,11 @@ from hero_bench.atomic import write_atomic
 from hero_bench.errors import ConfigError, HeroBenchError
 
 MARKER, LOCK = "sweep.json", "sweep.lock"
+JOURNAL = "optuna.journal"  # an optuna search's studies (hero_bench.sweep.study)
 FORMAT = "hero-bench sweep"  # sweep.json's "format"
 # Everything a sweep and `hero-bench leaderboard`/`report` write into the folder.
 OUTPUTS = {"trials.csv", "history.csv", "hypotheses.json", "per_config.csv", "leaderboard.csv", "leaderboard.md",
-           "leaderboard.html", "comparisons.csv", "report.md", "figures", "wandb", MARKER, LOCK}
+           "leaderboard.html", "comparisons.csv", "report.md", "figures", "wandb", JOURNAL, MARKER, LOCK}
 
 
 def read_marker(folder):

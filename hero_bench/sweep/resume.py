@@ -1,14 +1,14 @@
-"""--resume from plain files: a grid sweep continues without reading anything pickled.
+"""--resume from plain files: a sweep continues without reading anything pickled.
 
 What hero-bench keeps is enough: the experiment stored in sweep.json (the command's must match
-it), trials.csv, and each trial's checkpoints under the Ray storage, a state.pt (loaded with
-weights_only) beside a trial.json that names its sweep, trial and swept values. A grid sweep's
-trials follow from its experiment: every point of its grid, `num_samples` times. A trial with a
-valid finished row in trials.csv is done; every other one runs again in a new Tuner, from its
-latest checkpoint and under its old id when it has one. Ray's own experiment state (tuner.pkl,
-experiment_state-*.json, searcher state) is pickled and never read here; only a sweep whose trials
-are drawn at random (random or Optuna search, distributions), which Ray alone knows, needs it, and
-resuming one takes --trust-storage.
+it), the configurations a random or quasirandom search drew (sweep.json too; a new draw from the
+file must match them), the Optuna journal of an optuna search (hero_bench.sweep.study), trials.csv,
+and each trial's checkpoints under the Ray storage, a state.pt (loaded with weights_only) beside a
+trial.json that names its sweep, trial and swept values. A sweep's trials follow from these: every
+point of its grid or draws (or every configuration its studies asked), at every seed. A trial with a
+valid finished row in trials.csv is done; every other one runs again in a new Tuner, from its latest
+checkpoint and under its old id when it has one. Ray's own experiment state (tuner.pkl,
+experiment_state-*.json, searcher state) is pickled and never read.
 """
 import json
 import re
@@ -36,6 +36,15 @@ def check_unchanged(stored, config):
         raise ConfigError(f"--resume: the experiment differs from the one this sweep ran in {len(changed)} key(s): {shown}"
                           f"{', ...' if len(changed) > 5 else ''}; resume with the same file and --set values, or start a "
                           "new sweep (another name, or --overwrite)")
+
+
+def check_draws(stored, draws, marker):
+    """Refuse to resume a random or quasirandom sweep whose configurations, drawn again from the
+    file, are not those it ran (`stored`, from its sweep.json `marker`)."""
+    if draws is not None and stored != json.loads(json.dumps(draws)):
+        raise ConfigError(f"--resume: the configurations this file draws are not those the sweep ran ({marker} holds "
+                          f"{'none' if stored is None else 'others'}; another numpy or scipy draws otherwise); start the "
+                          "sweep again with --overwrite")
 
 
 def flatten(tree, prefix=""):

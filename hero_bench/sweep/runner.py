@@ -19,12 +19,13 @@ from hero_bench import trials
 from hero_bench.atomic import write_atomic
 from hero_bench.errors import ConfigError, Interrupted
 from hero_bench.results import outputs
-from hero_bench.sweep import console, folder, resume as resuming
-from hero_bench.sweep.cluster import check_resources, start_ray
+from hero_bench.sweep import console, folder, resume as resuming, search, study
 from hero_bench.sweep import stages as staging
-from hero_bench.sweep.space import (POINT, TrialConfigs, grid_params, points, search_space, trial_count, trial_id,
-                                    trial_params, trial_stage)
+from hero_bench.sweep.cluster import check_resources, start_ray
+from hero_bench.sweep.rungs import ConfigurationASHA
+from hero_bench.sweep.space import POINT, TrialConfigs, points, trial_count, trial_id, trial_params, trial_stage
 from hero_bench.sweep.trainable import trainable
+from hero_bench.trials import SEED
 
 # Keeping only the last checkpoints makes Ray snapshot its experiment state at each one; with short
 # trials that is frequent but cheap, so its warning about it is noise here.
@@ -105,23 +106,11 @@ def write_history(folder, rows):
         write_atomic(path, trials.history_table(path, rows).to_csv(index=False))
 
 
-def make_tune_config(config, num_samples):
-    sweep, scheduler, search_alg = config.sweep, None, None
-    if sweep.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        # Rungs by epoch: Ray's training_iteration restarts at 1 in a resumed trial. Every trial ends
-        # at its own last epoch, never at max_t (Ray's default of 100 cut 200-epoch trials in half).
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max(config.train.epochs, sweep.asha.grace_period),
-                                  grace_period=sweep.asha.grace_period, reduction_factor=sweep.asha.reduction_factor,
-                                  stop_last_trials=False)
-    if sweep.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch()
+def make_tune_config(config, num_samples, search_alg=None):
+    sweep = config.sweep
     return tune.TuneConfig(
-        metric=sweep.metric, mode=sweep.mode, scheduler=scheduler, search_alg=search_alg,
-        num_samples=num_samples, max_concurrent_trials=sweep.max_concurrent_trials,
+        metric=sweep.metric, mode=sweep.mode, scheduler=ConfigurationASHA(config) if sweep.scheduler == "asha" else None,
+        search_alg=search_alg, num_samples=num_samples, max_concurrent_trials=sweep.max_concurrent_trials,
         reuse_actors=True,
     )
 
@@ -189,18 +178,18 @@ def sigterm_as_ctrl_c():
 @dataclass
 class Sweep:
     """One `hero-bench sweep`, as decided before Ray starts: the experiment and each trial's Config,
-    its param space, where its results and Ray storage go (`experiment`: the sweep's folder in the
-    storage), its sweep.json `marker`, whether it resumes (from plain files, or with `restore` through
-    Ray's pickled state), more Ray Tune `callbacks`, and whether Ray's own output shows (`verbose`)."""
+    its param space and Ray's num_samples over it (hero_bench.sweep.search), where its results and Ray
+    storage go (`experiment`: the sweep's folder in the storage), its sweep.json `marker`, whether it
+    resumes (from plain files), more Ray Tune `callbacks`, and whether Ray's own output shows (`verbose`)."""
 
     config: object
     configs: TrialConfigs
     space: dict
+    num_samples: int
     results_dir: Path
     experiment: str
     marker: dict
     resume: bool = False
-    restore: bool = False
     callbacks: tuple = ()
     verbose: bool = False
 
@@ -210,46 +199,42 @@ class Sweep:
 
 
 def run(config, *, results_root="results", address=None, storage=None, resume=False, overwrite=False,
-        trust_storage=False, configs=None, callbacks=(), verbose=False):
+        configs=None, callbacks=(), verbose=False):
     """Run (or resume) a sweep and return its trials table. Writes results/<name>/trials.csv.
 
     Every check (the experiment, its search space, the results folder, what --resume would continue,
     the Ray address and resources) passes before anything is written or deleted, and the folder is
     locked for the sweep's lifetime. An interruption (Ctrl-C, SIGTERM) raises Interrupted once every
-    trial that ended is in trials.csv. `trust_storage`: a resume of a sweep with random draws may
-    read Ray's pickled experiment state (see hero_bench.sweep.resume).
+    trial that ended is in trials.csv. Nothing is read from Ray's pickled state (hero_bench.sweep.resume).
     `configs`: the sweep's TrialConfigs, when the caller shares them with its `callbacks` (more Ray
     Tune callbacks, such as W&B tracking). `verbose`: Ray's own output as Ray prints it, instead of
     hero-bench's header and progress (hero_bench.sweep.console)."""
     started = time.time()
     results_dir = Path(results_root).resolve() / config.name
-    space = search_space(config)
+    prepared = search.prepare(config)
     configs = configs or TrialConfigs(config)
-    configs.check(space)
-    if trust_storage and not resume:
-        raise ConfigError("--trust-storage applies only to --resume")
+    configs.check(prepared.checked)
     folder.check(results_dir, resume, overwrite)
     marker = {"sweep_id": secrets.token_hex(4), "storage": storage, "config": config.to_dict()}
-    restore = resume and grid_params(space) is None  # random draws: only Ray's pickled state knows the trials
+    if prepared.draws is not None:
+        marker["draws"] = prepared.draws
     if resume:
         stored = folder.read_marker(results_dir)
         resuming.check_unchanged(stored["config"], config)
+        resuming.check_draws(stored.get("draws"), prepared.draws, results_dir / folder.MARKER)
         marker.update(sweep_id=stored["sweep_id"], storage=storage or stored["storage"], stages=stored.get("stages", []))
         if (results_dir / "trials.csv").exists():
             trials.parse(results_dir / "trials.csv")  # a table that cannot be read at all is refused now, before Ray starts
-        if restore and not trust_storage:
-            raise ConfigError(f"--resume: this sweep draws its trials at random (sweep.search {config.sweep.search} or a "
-                              "distribution), which only Ray's pickled experiment state records; continuing it unpickles "
-                              f"that state from {marker['storage']}, so pass --trust-storage if you trust that folder like any pickle")
+            if config.sweep.search == "optuna" and not (results_dir / folder.JOURNAL).is_file():
+                raise ConfigError(f"--resume: {results_dir / folder.JOURNAL} is missing, and with it the Optuna studies that "
+                                  "chose this sweep's configurations; start the sweep again with --overwrite")
     storage = marker["storage"] or str(Path("ray_results").resolve())
     marker["storage"] = storage if "://" in storage else str(Path(storage).resolve())
-    sweep = Sweep(config, configs, space, results_dir, f"{marker['storage'].rstrip('/')}/{config.name}", marker,
-                  resume, restore, tuple(callbacks), verbose)
+    sweep = Sweep(config, configs, prepared.space, prepared.num_samples, results_dir,
+                  f"{marker['storage'].rstrip('/')}/{config.name}", marker, resume, tuple(callbacks), verbose)
     with console.ray_quiet(verbose):
         start_ray(address)
         check_resources(config.sweep.resources_per_trial, address)
-        if restore and not tune.Tuner.can_restore(sweep.experiment):
-            raise ConfigError(f"--resume: no Ray experiment state at {sweep.experiment}; run without --resume to start afresh")
         lock = folder.prepare(results_dir, resume, overwrite, marker)
         try:
             outputs.write_hypotheses(results_dir, config.to_dict()["hypotheses"])
@@ -267,16 +252,16 @@ def execute(sweep):
     """Run the sweep until every trial of every stage has ended or it is interrupted; returns the
     trials table (written to results/<name>/trials.csv) and how many trials the sweep has so far.
 
-    The grid runs first; each later stage (hero_bench.sweep.stages) is decided once the trials before
-    it have ended, recorded in sweep.json and run by a Tuner of its own. A resumed sweep runs a new
-    Tuner over the trials of the grid and of the recorded stages that its plan leaves
-    (hero_bench.sweep.resume), then goes on deciding stages; `restore` resumes one through Ray's
-    pickled experiment state instead (Tuner.restore)."""
+    The grid (or the configurations a search drew) runs first; each later stage
+    (hero_bench.sweep.stages) is decided once the trials before it have ended, recorded in
+    sweep.json and run by a Tuner of its own. A resumed sweep runs a new Tuner over the trials of the
+    grid and of the recorded stages that its plan leaves (hero_bench.sweep.resume), then goes on
+    deciding stages. An optuna sweep's searcher (hero_bench.sweep.study) asks the configurations as it
+    runs; a resumed one first runs the seeds left of those it had asked."""
+    if sweep.config.sweep.search == "optuna":
+        return asked(sweep)
     config, table = sweep.config, sweep.table
-    if sweep.restore:
-        rows = run_trials(sweep, None, 0, {}, trial_count(sweep.space, config.sweep.num_samples), 0)
-        return trials.table(rows.values()), trial_count(sweep.space, config.sweep.num_samples)
-    grid = points(sweep.space, config.sweep.num_samples) if grid_params(sweep.space) is not None else None
+    grid = points(sweep.space, sweep.num_samples)
     stages = staging.decided(sweep.marker)
     if sweep.resume:
         known = grid + [p for stage in stages for p in staging.tagged(stage)]
@@ -288,9 +273,9 @@ def execute(sweep):
         if plan.points:
             rows = run_trials(sweep, {POINT: tune.grid_search(plan.points)}, 1, plan.checkpoints, total, len(rows))
     else:
-        total = trial_count(sweep.space, config.sweep.num_samples)
-        rows = run_trials(sweep, sweep.space, config.sweep.num_samples, {}, total, 0)
-    while grid is not None and len(rows) == total:  # every trial so far has ended: what comes next?
+        total = len(grid)
+        rows = run_trials(sweep, sweep.space, sweep.num_samples, {}, total, 0)
+    while len(rows) == total:  # every trial so far has ended: what comes next?
         stage = staging.next_stage(config, sweep.configs, grid, stages, trials.table(rows.values()))
         if stage is None:
             break
@@ -306,14 +291,35 @@ def execute(sweep):
     return trials.table(rows.values()), total
 
 
-def run_trials(sweep, space, num_samples, checkpoints, total, finished_before):
-    """One Tuner over `space` (num_samples times), or the restored one when `space` is None; returns the
-    rows of trials.csv when it ends. `total`, `finished_before`: the sweep's trials for the progress line."""
+def asked(sweep):
+    """execute() of an optuna sweep: its searcher asks the configurations."""
+    config, table, space, num_samples = sweep.config, sweep.table, sweep.space, sweep.num_samples
+    searcher = study.Searcher(config, sweep.results_dir / folder.JOURNAL)
+    checkpoints, total, rows = {}, trial_count(space, num_samples), {}
+    if sweep.resume:
+        opened = points({POINT: tune.grid_search(searcher.open()), SEED: tune.grid_search(config.sweep.seeds)}, 1)
+        plan = resuming.plan(sweep.configs, opened, table, sweep.experiment, sweep.marker["sweep_id"])
+        trials.warn_damaged(table, plan.damaged)
+        rows = {r[trials.TRIAL_ID]: r for r in plan.rows}
+        write_rows(table, rows)  # only the rows kept: a damaged row's trial is run again
+        unasked = total - len(opened)  # trials of configurations to ask
+        if not plan.points and not unasked:
+            return trials.table(rows.values()), len(rows)
+        searcher.backlog = plan.points  # run before any new configuration is asked
+        space, num_samples = {}, len(plan.points) + unasked
+        checkpoints, total = plan.checkpoints, len(rows) + len(plan.points) + unasked
+    rows = run_trials(sweep, space, num_samples, checkpoints, total, len(rows), searcher)
+    write_history(sweep.results_dir, rows)
+    return trials.table(rows.values()), total
+
+
+def run_trials(sweep, space, num_samples, checkpoints, total, finished_before, searcher=None):
+    """One Tuner over `space`, num_samples times (or as many trials as `searcher` asks); returns the rows
+    of trials.csv when it ends. `total`, `finished_before`: the sweep's trials for the progress line."""
     config, table = sweep.config, sweep.table
-    recorded = {i: r for i, r in read_rows(table).items() if r[trials.STATUS] in trials.FINAL_STATUSES} if space is None else None
     fn = tune.with_resources(
         tune.with_parameters(trainable, base=config, sweep_id=sweep.marker["sweep_id"], checkpoints=checkpoints,
-                             recorded=recorded, verbose=sweep.verbose),
+                             verbose=sweep.verbose),
         vars(config.sweep.resources_per_trial))
     progress = []
     if not sweep.verbose:
@@ -321,18 +327,14 @@ def run_trials(sweep, space, num_samples, checkpoints, total, finished_before):
             at_once = console.concurrency(config.sweep.resources_per_trial, config.sweep.max_concurrent_trials)
             print(console.header(config, total, finished_before, at_once, sweep.results_dir, sweep.experiment), flush=True)
         progress = [console.Progress(total, finished_before, config.sweep.metric)]
-    if space is not None:
-        sheet = TrialsTable(sweep.configs, table)
-        run_config = tune.RunConfig(
-            name=config.name, storage_path=sweep.marker["storage"],
-            callbacks=[*ray_loggers(config.tracking), sheet, *progress, *sweep.callbacks],
-            failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1 if sweep.verbose else 0,
-        )
-        tuner = tune.Tuner(fn, param_space=space, tune_config=make_tune_config(config, num_samples), run_config=run_config)
-    else:
-        # the TrialsTable, like every callback, comes back from the pickled state; it keeps trials.csv
-        tuner = tune.Tuner.restore(sweep.experiment, trainable=fn, resume_errored=True)
+    sheet = TrialsTable(sweep.configs, table)
+    run_config = tune.RunConfig(
+        name=config.name, storage_path=sweep.marker["storage"],
+        callbacks=[*ray_loggers(config.tracking), sheet, *progress, *sweep.callbacks],
+        failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1 if sweep.verbose else 0,
+    )
+    tuner = tune.Tuner(fn, param_space=space, tune_config=make_tune_config(config, num_samples, searcher), run_config=run_config)
     with without_auto_loggers(), ray_resume_advice_muted(), sigterm_as_ctrl_c():
         try:
             tuner.fit()
@@ -340,6 +342,5 @@ def run_trials(sweep, space, num_samples, checkpoints, total, finished_before):
             pass
     for bar in progress:
         bar.close()
-    rows = read_rows(table) if space is None else sheet.rows
-    write_rows(table, rows)
-    return rows
+    write_rows(table, sheet.rows)
+    return sheet.rows

@@ -35,27 +35,17 @@ class UnsafeCheckpointError(HeroBenchError):
     """A checkpoint holds more than tensors and plain data, so it was not loaded."""
 
 
-def trainable(params, base, sweep_id, checkpoints=None, recorded=None, verbose=False):
+def trainable(params, base, sweep_id, checkpoints=None, verbose=False):
     """Train the trial Ray drew (`params`) of the experiment `base` (a Config).
 
     `sweep_id`: the sweep's id, written into every checkpoint's trial.json.
     `checkpoints`: trial id -> checkpoint (path or URI) a resumed trial continues from.
-    `recorded`: trial id -> trials.csv row of trials that ended before a sweep resumed through Ray's
-    own experiment state (--trust-storage) was interrupted. That state can lag behind trials.csv,
-    so Ray may start such a trial again; it is not trained again: it reports its recorded status and
-    sweep metric once and ends, and trials.csv keeps its recorded row.
     """
     quiet_trial(verbose)
     trial_id = logical_trial_id(params, tune.get_context().get_trial_id())
     swept = trial_params(params)
     config = config_module.for_trial(base, swept)
     metric, every = config.sweep.metric, config.sweep.checkpoint_every
-    row = (recorded or {}).get(trial_id)
-    if row is not None:
-        # one result, so Ray's record of the trial carries its id (Ray adds it) and the sweep metric
-        tune.report({STATUS: row[STATUS], metric: row.get(metric, float("nan"))})
-        return
-
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
 
     def report(metrics, state):
