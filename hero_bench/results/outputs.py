@@ -7,7 +7,7 @@ from hero_bench.results import comparisons, figures, leaderboard
 
 def write(results_dir):
     """Write the outputs into the folder of `results_dir` (a results folder or its trials.csv) and return
-    (their paths, one note per figure skipped for lack of data)."""
+    (their paths, one note per figure not drawn and why)."""
     folder = trials.path_of(results_dir).parent
     df = trials.read(results_dir)
     configs = leaderboard.per_config(df)
