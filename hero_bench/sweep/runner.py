@@ -120,22 +120,36 @@ def ray_loggers(tracking):
     return [JsonLoggerCallback(), CSVLoggerCallback(), *([TBXLoggerCallback()] if tracking.tensorboard else [])]
 
 
-class RayResumeAdvice(logging.Filter):
-    """Ray Tune's advice on an interrupted run (Tuner.restore) does not apply: hero-bench's own line
-    says how to go on."""
+# What Ray Tune logs when a sweep is interrupted, by logger: its advice (Tuner.restore, press Ctrl-C
+# again) does not apply, and the trials that never started have no metrics for its result grid, which
+# hero-bench does not use. hero-bench's one line says what happened and how to go on.
+RAY_INTERRUPTION_LINES = {
+    "ray.tune.tune": ("Experiment has been interrupted", "Trials did not complete", "Stop signal received"),
+    "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
+}
+
+
+class Muted(logging.Filter):
+    """Drops a logger's records whose message starts with one of `prefixes`."""
+
+    def __init__(self, prefixes):
+        super().__init__()
+        self.prefixes = prefixes
 
     def filter(self, record):
-        return not record.getMessage().startswith(("Experiment has been interrupted", "Trials did not complete"))
+        return not record.getMessage().startswith(self.prefixes)
 
 
 @contextlib.contextmanager
-def ray_resume_advice_muted():
-    logger, advice = logging.getLogger("ray.tune.tune"), RayResumeAdvice()
-    logger.addFilter(advice)
+def ray_interruption_muted():
+    muted = {logging.getLogger(name): Muted(prefixes) for name, prefixes in RAY_INTERRUPTION_LINES.items()}
+    for logger, mute in muted.items():
+        logger.addFilter(mute)
     try:
         yield
     finally:
-        logger.removeFilter(advice)
+        for logger, mute in muted.items():
+            logger.removeFilter(mute)
 
 
 def finished(frame, started):
@@ -166,7 +180,8 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
 
     Every check (the experiment, its search space, the results folder, what --resume would continue,
     the Ray address and resources) passes before anything is written or deleted, and the folder is
-    locked for the sweep's lifetime. An interruption (Ctrl-C, SIGTERM) raises Interrupted once every
+    locked for the sweep's lifetime. A folder as the repository ships it (folder.shipped) is replaced
+    as with --overwrite, with a line that says so. An interruption (Ctrl-C, SIGTERM) raises Interrupted once every
     trial that ended is in trials.csv. `trust_storage`: a resume of a sweep with random draws may
     read Ray's pickled experiment state (see hero_bench.sweep.resume).
     `configs`: the sweep's TrialConfigs, when the caller shares them with its `callbacks` (more Ray
@@ -180,7 +195,8 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     configs.check(space)
     if trust_storage and not resume:
         raise ConfigError("--trust-storage applies only to --resume")
-    folder.check(results_dir, resume, overwrite)
+    replaces_shipped = not (resume or overwrite) and folder.shipped(results_dir)
+    folder.check(results_dir, resume, overwrite or replaces_shipped)
     marker = {"sweep_id": secrets.token_hex(4), "storage": storage, "config": config.to_dict()}
     restore = resume and grid_params(space) is None  # random draws: only Ray's pickled state knows the trials
     if resume:
@@ -201,7 +217,9 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
         check_resources(config.sweep.resources_per_trial, address)
         if restore and not tune.Tuner.can_restore(experiment):
             raise ConfigError(f"--resume: no Ray experiment state at {experiment}; run without --resume to start afresh")
-        lock = folder.prepare(results_dir, resume, overwrite, marker)
+        lock = folder.prepare(results_dir, resume, overwrite or replaces_shipped, marker)
+        if replaces_shipped:
+            print(f"replaced {results_dir}, the run the repository ships: `git checkout -- {results_dir}` brings it back", flush=True)
         try:
             frame, total = execute(config, configs, space, table, experiment, marker, resume, restore, callbacks,
                                    verbose, results_dir)
@@ -254,7 +272,7 @@ def execute(config, configs, space, table, experiment, marker, resume, restore, 
     else:
         # the TrialsTable, like every callback, comes back from the pickled state; it keeps trials.csv
         tuner = tune.Tuner.restore(experiment, trainable=fn, resume_errored=True)
-    with without_auto_loggers(), ray_resume_advice_muted(), sigterm_as_ctrl_c():
+    with without_auto_loggers(), ray_interruption_muted(), sigterm_as_ctrl_c():
         try:
             tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C: Ray stops at once, and the trials that ended are kept
