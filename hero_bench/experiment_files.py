@@ -28,12 +28,15 @@ def names(pattern="*"):
 
 def resolve(text):
     """The experiment file a command's FILE names: an existing file, or anything that reads as a path
-    (a folder in it, a .yaml or .yml suffix), as given; otherwise the shipped experiment of that name."""
+    (a folder in it, a .yaml or .yml suffix), as given; else the shipped experiment of that name; else
+    an existing folder of that name, as given (config.read_yaml says what is wrong with a path)."""
     path = Path(text)
     if path.is_file() or len(path.parts) != 1 or path.suffix in SUFFIXES:
-        return path  # config.read_yaml says what is wrong with a path that is no experiment file
+        return path
     shipped = folder() / f"{text}.yaml"
-    if not shipped.is_file():
-        raise ConfigError(f"experiment {text!r} is neither a file nor the name of a shipped experiment "
-                          f"({', '.join(names())}; `hero-bench list experiments`)")
-    return shipped
+    if shipped.is_file():
+        return shipped
+    if path.exists():
+        return path
+    raise ConfigError(f"experiment {text!r} is neither a file nor the name of a shipped experiment "
+                      f"({', '.join(names())}; `hero-bench list experiments`)")
