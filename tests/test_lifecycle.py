@@ -70,7 +70,10 @@ def assert_interrupted_output(log, finished, total):
 
 
 def read_table(path):
-    return pd.read_csv(path, dtype={"trial_id": str}) if Path(path).exists() else pd.DataFrame(columns=["trial_id", "status"])
+    """trials.csv with every number as written (as trials.parse reads it), or an empty table."""
+    if not Path(path).exists():
+        return pd.DataFrame(columns=["trial_id", "status"])
+    return pd.read_csv(path, dtype={"trial_id": str}, float_precision="round_trip")
 
 
 def snapshot(root):
@@ -562,9 +565,9 @@ def test_asha_lets_a_trial_that_no_rung_stops_run_all_its_epochs(local_ray, tmp_
 
 
 def test_every_results_folder_the_repository_ships_can_be_replaced_with_overwrite():
-    """The README's first command re-runs the quickstart with --overwrite over the results/quickstart
-    this repository ships without its sweep.json (ignored by git): every file such a folder holds must
-    be one hero-bench writes, or the command refuses to start."""
+    """README's first command sweeps the quickstart into the results/quickstart this repository ships
+    without its sweep.json (ignored by git), replacing it as --overwrite does (folder.shipped): every
+    file such a folder holds must be one hero-bench writes, or the command refuses to start."""
     shipped = [p for p in (Path(__file__).parents[1] / "results").iterdir() if p.is_dir()]
     assert "quickstart" in {p.name for p in shipped}
     for results in shipped:

@@ -74,8 +74,9 @@ class WandbTrials(tune.Callback):
         family = trials.config_family(config)
         key = trial_id(trial.config, trial.trial_id)  # a resumed trial goes on with its own run
         self.runs[trial.trial_id] = self.init(
-            id=f"{self.name}-{key}", name=f"{family}-{key}", job_type=family, tags=[family],
-            config=trials.ran(config), resume="allow",
+            id=f"{self.name}-{key}", name=f"{family}-{key}", job_type=family, tags=[family], config=trials.ran(config),
+            # offline, W&B cannot resume a run (wandb 0.19 prints a warning per run that it ignores `resume`)
+            resume="allow" if self.tracking.wandb == "online" else None,
         )
 
     def on_trial_start(self, iteration, trials, trial, **info):
