@@ -188,7 +188,7 @@ def parser():
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("list", help="list registered datasets, models, methods and metrics, and the shipped experiments")
-    sp.add_argument("kind", nargs="?", choices=KINDS, help="only this registry")
+    sp.add_argument("kind", nargs="?", choices=KINDS, help="only this kind")
     sp.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'resnet*'")
     sp.set_defaults(func=cmd_list)
     return p
