@@ -9,15 +9,16 @@ from pathlib import Path
 
 import yaml
 
+from hero_bench import experiment_files
 from hero_bench.errors import HeroBenchError, HeroBenchWarning, Interrupted
 
-KINDS = ("datasets", "models", "methods", "metrics")
+KINDS = ("datasets", "models", "methods", "metrics", "experiments")
 
 EPILOG = """examples:
-  hero-bench sweep experiments/quickstart.yaml          run the quickstart sweep with Ray Tune
-  hero-bench train experiments/quickstart.yaml --set optimizer.name=hero --set optimizer.hessian_coef=100
-  hero-bench train experiments/quickstart.yaml optimizer.radius=0.1 train.epochs=5 --wandb offline
-  hero-bench list models
+  hero-bench sweep quickstart                           run the shipped quickstart sweep with Ray Tune
+  hero-bench train quickstart --set optimizer.name=sgd  train one configuration; its files go to runs/quickstart/N
+  hero-bench train quickstart optimizer.radius=0.1 train.epochs=5 --wandb offline
+  hero-bench list experiments                           the shipped experiments (a path to any YAML file works too)
   hero-bench leaderboard results/quickstart             rebuild tables and figures
   hero-bench report results/quickstart --entity me --project hero-bench
 """
@@ -33,6 +34,8 @@ def cmd_list(args):
     for kind, registry in registries().items():
         if args.kind in (None, kind):
             print(f"{kind}: {', '.join(registry.names(args.pattern))}")
+    if args.kind in (None, "experiments"):
+        print(f"experiments: {', '.join(experiment_files.names(args.pattern))} (files in {experiment_files.folder()})")
 
 
 def format_table(result):
@@ -43,25 +46,42 @@ def format_table(result):
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def new_run_folder(parent):
+    """A new folder parent/N, N one past the highest number there (1 at first): each run gets its own,
+    also when two runs end at once (mkdir is the claim)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    number = max((int(p.name) for p in parent.iterdir() if p.name.isdecimal()), default=0) + 1
+    while True:
+        try:
+            (parent / str(number)).mkdir()
+            return parent / str(number)
+        except FileExistsError:
+            number += 1
+
+
 def cmd_train(args):
-    from hero_bench import config as config_module
-    from hero_bench import tracking
+    from hero_bench import config as config_module, tracking, trials
     from hero_bench.atomic import write_atomic
     from hero_bench.train import run_trial
 
-    config = config_module.load(args.file, [*args.set, *args.overrides])
-    default = Path("runs") / config.name
-    if tracking.agent_run_id():  # a W&B agent runs this command once per run of its sweep: a folder each
-        default /= tracking.agent_run_id()
-    out = Path(args.out or default)
-    if (out / "metrics.json").exists() and not args.overwrite:
-        raise HeroBenchError(f"{out} already holds a trained run; pass --overwrite to replace it or --out to write elsewhere")
-    run = tracking.TrainRun(config, tracking.train_mode(args.wandb), out.resolve() / "wandb")
+    config = config_module.load(experiment_files.resolve(args.file), [*args.set, *args.overrides])
+    out = Path(args.out) if args.out else None
+    if out is None and tracking.agent_run_id():  # a W&B agent runs this command once per run of its sweep: a folder each
+        out = Path("runs") / config.name / tracking.agent_run_id()
+    if out is not None and (out / "metrics.json").exists() and not args.overwrite:
+        raise HeroBenchError(f"{out} already holds a trained run; pass --overwrite to replace it, another --out, or no --out for a new runs/{config.name}/N")
+    mode = tracking.train_mode(args.wandb)
+    if out is None and mode != "disabled":  # W&B writes its run into the folder while the model trains
+        out = new_run_folder(Path("runs") / config.name)
+    run = tracking.TrainRun(config, mode, out.resolve() / "wandb" if out is not None else None)
     result = run_trial(config, report=run.report, progress=not args.quiet)
     where = run.finish(result)
     print(format_table(result))
+    if out is None:
+        out = new_run_folder(Path("runs") / config.name)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    # what ran: every default as used, the method's radius and hessian_coef resolved, no sweep section
+    write_atomic(out / "config.yaml", yaml.safe_dump(trials.ran(config), sort_keys=False))
     write_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'metrics.json'} and {out / 'config.yaml'}")
     if where:
@@ -78,7 +98,7 @@ def cmd_sweep(args):
         overrides.append(f"sweep.max_concurrent_trials={args.max_concurrent}")
     if args.wandb is not None:
         overrides.append(f"tracking.wandb={args.wandb}")
-    config = config_module.load(args.file, overrides)  # first: a mistake in the file costs no Ray import
+    config = config_module.load(experiment_files.resolve(args.file), overrides)  # first: a mistake in the file costs no Ray import
 
     import ray
 
@@ -101,7 +121,7 @@ def cmd_sweep(args):
         if owns_ray and ray.is_initialized():
             ray.shutdown()
     if skipped:
-        print(f"figures skipped for lack of data: {'; '.join(skipped)}")
+        print(f"figures not drawn: {'; '.join(skipped)}")
     print(outputs.summary(results_dir))
     for tracker in trackers:
         print(tracker.where())
@@ -115,7 +135,7 @@ def cmd_leaderboard(args):
     for path in written:
         print(f"wrote {path}")
     for note in skipped:
-        print(f"figure skipped: {note}")
+        print(f"figure not drawn: {note}")
 
 
 def cmd_report(args):
@@ -134,7 +154,7 @@ def parser():
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_overrides(sp):
-        sp.add_argument("file", help="experiment YAML file (see experiments/)")
+        sp.add_argument("file", help="a shipped experiment's name (hero-bench list experiments) or an experiment YAML file")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set optimizer.radius=0.5 (repeatable; values parsed as YAML)")
 
@@ -145,13 +165,13 @@ def parser():
     with_overrides(sp)
     sp.add_argument("overrides", nargs="*", type=override, metavar="KEY=VALUE",
                     help="override config keys as --set does, e.g. optimizer.radius=0.5 train.epochs=5")
-    sp.add_argument("--out", help="folder for metrics.json and config.yaml (default: runs/<name>; "
+    sp.add_argument("--out", help="folder for metrics.json and config.yaml (default: a new runs/<name>/N for each run; "
                     "runs/<name>/<run id> under `wandb agent`)")
     sp.add_argument("--wandb", choices=("offline", "online", "disabled"),
                     help="log the run to W&B (runs under the --out folder); default: disabled, or under `wandb agent` "
                     "W&B's own mode (WANDB_MODE, online unless set) so the agent's sweep gets the run")
-    sp.add_argument("--quiet", action="store_true", help="no progress bar")
-    sp.add_argument("--overwrite", action="store_true", help="replace an earlier run in the same folder")
+    sp.add_argument("--quiet", action="store_true", help="no progress (a bar on a terminal, else a line per epoch)")
+    sp.add_argument("--overwrite", action="store_true", help="replace an earlier run in the --out folder")
     sp.set_defaults(func=cmd_train, parser=sp)
 
     sp = sub.add_parser("sweep", help="run every (configuration, seed) trial with Ray Tune",
@@ -181,8 +201,8 @@ def parser():
     sp.add_argument("--project", default="hero-bench", help="W&B project (default: hero-bench)")
     sp.set_defaults(func=cmd_report)
 
-    sp = sub.add_parser("list", help="list registered datasets, models, methods and metrics")
-    sp.add_argument("kind", nargs="?", choices=KINDS, help="only this registry")
+    sp = sub.add_parser("list", help="list registered datasets, models, methods and metrics, and the shipped experiments")
+    sp.add_argument("kind", nargs="?", choices=KINDS, help="only this kind")
     sp.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'resnet*'")
     sp.set_defaults(func=cmd_list)
     return p

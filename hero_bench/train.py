@@ -201,7 +201,9 @@ def run_trial(config, report=None, resume=None, progress=False, gpu_ids=None):
     if progress:
         print(describe(config), flush=True)
     epochs = train.total_epochs
-    bar = tqdm(total=(epochs - start_epoch) * batches_per_epoch, desc=config.name, disable=not progress, leave=False)
+    # progress on a terminal: a bar redrawn in place; anywhere else (a pipe, a file): a line per epoch
+    live = progress and sys.stderr.isatty()
+    bar = tqdm(total=(epochs - start_epoch) * batches_per_epoch, desc=config.name, disable=not live, leave=False)
     for epoch in range(start_epoch + 1, epochs + 1):
         if os.environ.get(FAIL_AT_EPOCH) == str(epoch) and start_epoch == 0:
             raise InjectedFault(f"injected fault at epoch {epoch} ({FAIL_AT_EPOCH})")
@@ -226,6 +228,9 @@ def run_trial(config, report=None, resume=None, progress=False, gpu_ids=None):
         diverged = result["status"] == "diverged"
         if not diverged:
             bar.set_postfix_str(f"epoch {epoch}/{epochs}, val_acc {result['val_acc']:.1f}")
+            if progress and not live:
+                print(f"epoch {epoch}/{epochs}: train_loss {train_loss:.4f}, val_acc {result['val_acc']:.2f}, "
+                      f"test_acc {result['test_acc']:.2f}, {seconds:.2f} s", flush=True)
         if report is not None:
             state = None if diverged else checkpoint_state(model, optimizer, scheduler, generator, epoch, history, result)
             report(dict(result), state)

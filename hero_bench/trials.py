@@ -212,7 +212,10 @@ def parse(path):
             damaged.append(f"line {number}: {problem}")
         else:
             good.append(line)
-    frame = pd.read_csv(io.StringIO("\n".join(good) + "\n"), dtype={TRIAL_ID: str, CONFIG_HASH: str})
+    # round_trip: every number as written (pandas before 3.0 parses some a last digit off by default,
+    # and --resume rewrites the rows it keeps)
+    frame = pd.read_csv(io.StringIO("\n".join(good) + "\n"), dtype={TRIAL_ID: str, CONFIG_HASH: str},
+                        float_precision="round_trip")
     return frame, damaged
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from hero_bench import cli
+from hero_bench import cli, experiment_files
 from hero_bench.sweep import search
 from hero_bench.sweep import space as sweep_space
 from hero_bench import config as config_module
@@ -168,8 +168,8 @@ def test_commands_in_cifar_file_comments_parse_and_give_valid_sweeps(path):
     assert commands
     for argv in commands:
         args = cli.parser().parse_args(argv[1:])
-        assert (ROOT / args.file).resolve() == path
-        sweep_space.search_space(config_module.load(ROOT / args.file, args.set))
+        assert experiment_files.resolve(args.file) == path
+        sweep_space.search_space(config_module.load(path, args.set))
 
 
 @pytest.mark.parametrize("dataset", NUM_CLASSES)

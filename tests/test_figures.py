@@ -65,6 +65,27 @@ def test_each_compute_panel_shows_its_own_chosen_configurations():
     figures.plt.close(fig)
 
 
+def test_accuracy_intervals_stop_at_0_and_100_percent():
+    """Two seeds 96 points apart: their 95% t-interval is about ±610 points around 50, and the bars
+    and axes of every accuracy figure still stay within [0, 100]."""
+    trials = pd.read_csv(FIXTURE)
+    spread = [column for column in trials if column.startswith(("ptq_acc_", "test_acc", "train_acc_noisy"))]
+    first = trials["train.seed"] == trials["train.seed"].min()
+    for column in spread:
+        trials[column] = np.where(first, 2.0, 98.0)
+    configs = per_config(trials)
+    chosen = select_best(configs)
+    assert (chosen["ptq_acc_2bit_ci95"] > 500).all()
+    for kind in ("ptq", "label_noise", "compute"):
+        fig = figures.FIGURES[kind](configs, chosen, "digits / mlp")
+        bars = [segment[:, 1] for ax in fig.axes for container in ax.containers
+                for lines in container[2] for segment in lines.get_segments()]
+        assert bars and min(map(min, bars)) == 0.0 and max(map(max, bars)) == 100.0, kind
+        for ax in fig.axes[:len(figures._settings(configs))]:
+            assert -10 < ax.get_ylim()[0] and ax.get_ylim()[1] < 110, (kind, ax.get_ylim())
+        figures.plt.close(fig)
+
+
 def test_every_title_and_label_fits_inside_its_figure():
     configs = per_config(pd.read_csv(FIXTURE))
     chosen = select_best(configs)

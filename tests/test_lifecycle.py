@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import stat
@@ -57,8 +58,22 @@ def messages(log):
     return [line for line in Path(log).read_text().splitlines() if line.startswith("hero-bench:")]
 
 
+def assert_interrupted_output(log, finished, total):
+    """An interrupted sweep printed its header, a line per trial that finished and README's one line,
+    nothing of Ray's (its advice, its Ctrl-C notice, its result grid's warnings)."""
+    lines = Path(log).read_text().splitlines()
+    assert lines[0].startswith(f"hero-bench sweep rel: {total} trials") and lines[1].startswith("results: "), lines
+    ended = [line for line in lines[2:] if re.match(rf"\[\d/{total}, \d+:\d\d:\d\d, ETA \d+:\d\d:\d\d\] completed ", line)]
+    assert len(ended) == finished, lines
+    assert [line for line in lines[2:] if line not in ended] == [
+        f"hero-bench: interrupted: {finished} of {total} trials finished; run the same command with --resume"]
+
+
 def read_table(path):
-    return pd.read_csv(path, dtype={"trial_id": str}) if Path(path).exists() else pd.DataFrame(columns=["trial_id", "status"])
+    """trials.csv with every number as written (as trials.parse reads it), or an empty table."""
+    if not Path(path).exists():
+        return pd.DataFrame(columns=["trial_id", "status"])
+    return pd.read_csv(path, dtype={"trial_id": str}, float_precision="round_trip")
 
 
 def snapshot(root):
@@ -211,6 +226,37 @@ def a_sweeps_folder(path):
     return snapshot(path)
 
 
+def git(cwd, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("change", ["none", "a-file-changed", "a-file-added", "an-ignored-file", "sweep.json", "not-committed",
+                                    "no-repository"])
+def test_only_a_sweeps_folder_exactly_as_git_holds_it_counts_as_shipped(tmp_path, change):
+    """A sweep replaces such a folder without --overwrite (git brings it back); any change of one's own
+    in it, or a sweep.json (a sweep ran there), makes it a folder of one's own again."""
+    results = tmp_path / "results" / "rel"
+    a_sweeps_folder(results)
+    (results / "sweep.json").unlink()  # git ignores it: a clone has none
+    (tmp_path / ".gitignore").write_text("results/*/wandb/\nresults/*/sweep.json\n")
+    if change != "no-repository":
+        git(tmp_path, "init", "-q")
+    if change not in ("not-committed", "no-repository"):
+        git(tmp_path, "add", "-A")
+        git(tmp_path, "commit", "-q", "-m", "shipped results")
+    if change == "a-file-changed":
+        (results / "figures" / "a.png").write_bytes(b"mine")
+    elif change == "a-file-added":
+        (results / "notes.txt").write_text("mine\n")
+    elif change == "an-ignored-file":
+        (results / "wandb").mkdir()
+        (results / "wandb" / "run.wandb").write_text("mine\n")
+    elif change == "sweep.json":
+        folder.write_marker(results, {"sweep_id": "mine", "storage": "/x", "config": {}})
+    assert folder.shipped(results) == (change == "none")
+    assert not folder.shipped(tmp_path / "results" / "absent")
+
+
 def test_a_failed_swap_leaves_the_old_results_in_place(tmp_path, monkeypatch):
     results = tmp_path / "results" / "rel"
     before = a_sweeps_folder(results)
@@ -320,8 +366,7 @@ def test_ctrl_c_ends_the_sweep_with_one_line_and_keeps_only_trials_that_finished
     log = work / "hero-bench-0.log"
     table = read_table(work / "results" / "rel" / "trials.csv")
     assert code == 130
-    assert messages(log) == [f"hero-bench: interrupted: {len(table)} of 3 trials finished; run the same command with --resume"]
-    assert "Traceback" not in log.read_text() and "Tuner.restore" not in log.read_text()
+    assert_interrupted_output(log, finished=len(table), total=3)
     assert set(table["status"]) <= {"completed"}  # nothing interrupted is recorded, as `stopped` or otherwise
     assert leftover == []  # the sweep shut its Ray down
     assert folder.holder(work / "results" / "rel") is None and not (work / "results" / "rel" / "sweep.lock").exists()
@@ -379,10 +424,7 @@ def test_sigterm_stops_a_random_search_which_resumes_from_plain_files(tmp_path):
         proc.send_signal(signal.SIGTERM)  # the driver alone, as `kill` or a batch scheduler sends it
         assert wait_for(lambda: proc.poll() is not None, proc, collect, timeout=120)
         assert proc.returncode == 130
-    log = tmp_path / "hero-bench-0.log"
-    done = len(read_table(tmp_path / "results" / "rel" / "trials.csv"))
-    assert messages(log) == [f"hero-bench: interrupted: {done} of 3 trials finished; run the same command with --resume"]
-    assert "Traceback" not in log.read_text()
+    assert_interrupted_output(tmp_path / "hero-bench-0.log", finished=len(read_table(tmp_path / "results" / "rel" / "trials.csv")), total=3)
     marker = tmp_path / "code-ran"
     assert plant_code(tmp_path / "ray" / "rel", marker) >= 3
 
@@ -522,9 +564,9 @@ def test_asha_lets_a_trial_that_no_rung_stops_run_all_its_epochs(local_ray, tmp_
 
 
 def test_every_results_folder_the_repository_ships_can_be_replaced_with_overwrite():
-    """The README's first command re-runs the quickstart with --overwrite over the results/quickstart
-    this repository ships without its sweep.json (ignored by git): every file such a folder holds must
-    be one hero-bench writes, or the command refuses to start."""
+    """README's first command sweeps the quickstart into the results/quickstart this repository ships
+    without its sweep.json (ignored by git), replacing it as --overwrite does (folder.shipped): every
+    file such a folder holds must be one hero-bench writes, or the command refuses to start."""
     shipped = [p for p in (Path(__file__).parents[1] / "results").iterdir() if p.is_dir()]
     assert "quickstart" in {p.name for p in shipped}
     for results in shipped:

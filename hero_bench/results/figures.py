@@ -1,8 +1,8 @@
 """Figures of a trials table: one PNG per (figure kind, dataset, model) under results/<name>/figures/.
 
 Every figure that compares families uses the configuration the leaderboard chose for it (best
-mean validation accuracy); error bars are 95% t-intervals over seeds. Panels are per label-noise
-setting (rate and kind). A figure whose axes have no data
+mean validation accuracy); error bars are 95% t-intervals over seeds, cut at the metric's range
+(an accuracy's at 0 and 100). Panels are per label-noise setting (rate and kind). A figure whose axes have no data
 (no Hessian column, a single label-noise level, ...) is skipped with a one-line reason, never drawn
 empty.
 """
@@ -70,6 +70,13 @@ def _figure(rows, columns, title, width=4.8, height=3.8, **kwargs):
                              layout="constrained", **kwargs)
     fig.suptitle(textwrap.fill(title, width=max(30, int(TITLE_CHARACTERS_PER_INCH * width * columns))))
     return fig, axes
+
+
+def _clipped(mean, ci, low=0.0, high=100.0):
+    """Error bars (below, above) of mean ± ci, cut at the metric's range [low, high]: an accuracy's
+    95% interval over two seeds can reach past 0 and 100, the accuracy cannot."""
+    mean, ci = np.asarray(mean, dtype=float), np.nan_to_num(np.asarray(ci, dtype=float))
+    return np.clip(np.stack([np.minimum(ci, mean - low), np.minimum(ci, high - mean)]), 0, None)
 
 
 def _legend(ax):
@@ -165,7 +172,7 @@ def ptq(configs, chosen, title):
                 row, color = row.iloc[0], _color(family, families)
                 mean = [row[f"{entry.column}_mean"] for entry in entries]
                 ci = [row[f"{entry.column}_ci95"] for entry in entries]
-                ax.errorbar(bits, mean, yerr=np.nan_to_num(ci), marker="o", capsize=3, color=color, label=family)
+                ax.errorbar(bits, mean, yerr=_clipped(mean, ci), marker="o", capsize=3, color=color, label=family)
                 ax.axhline(row["test_acc_mean"], color=color, linestyle="--", linewidth=1)
             ax.set_xticks(bits)
             ax.invert_xaxis()  # fewer bits to the right: accuracy falls as precision drops
@@ -199,7 +206,7 @@ def label_noise(configs, chosen, title):
                 rows = chosen[(chosen[FAMILY] == family) & ((chosen[NOISE_KIND] == kind) | (chosen[NOISE] == 0))]
                 rows = rows.sort_values(NOISE).drop_duplicates(NOISE)
                 name = family if len(kinds) == 1 else f"{family} ({kind})"
-                ax.errorbar(rows[NOISE], rows[f"{metric}_mean"], yerr=rows[f"{metric}_ci95"].fillna(0),
+                ax.errorbar(rows[NOISE], rows[f"{metric}_mean"], yerr=_clipped(rows[f"{metric}_mean"], rows[f"{metric}_ci95"]),
                             marker=markers[kind], capsize=3, color=_color(family, families), label=name)
                 if metric == "test_acc" and "test_acc_at_best_val_mean" in rows:
                     ax.plot(rows[NOISE], rows["test_acc_at_best_val_mean"], linestyle="--", marker=markers[kind],
@@ -266,7 +273,7 @@ def compute(configs, chosen, title):
         at, best = _at(done, setting), _at(chosen, setting)
         for family in families:
             rows = at[at[FAMILY] == family]
-            ax.errorbar(rows[f"{key}_mean"] * shift[family], rows["test_acc_mean"], yerr=rows["test_acc_ci95"].fillna(0),
+            ax.errorbar(rows[f"{key}_mean"] * shift[family], rows["test_acc_mean"], yerr=_clipped(rows["test_acc_mean"], rows["test_acc_ci95"]),
                         fmt="o", capsize=2, color=_color(family, families), alpha=0.7, label=family)
         ax.scatter(best[f"{key}_mean"] * best[FAMILY].map(shift), best["test_acc_mean"], s=160, facecolors="none",
                    edgecolors="black")

@@ -50,7 +50,7 @@ def write_hypotheses(folder, hypotheses):
 
 def write(results_dir):
     """Write the outputs into the folder of `results_dir` (a results folder or its trials.csv) and return
-    (their paths, one note per figure skipped for lack of data)."""
+    (their paths, one note per figure not drawn and why)."""
     folder = trials.path_of(results_dir).parent
     result = analyse(trials.read(results_dir), read_hypotheses(folder))
     title = f"Leaderboard: {leaderboard.experiment_name(result.df, folder.name)}"

@@ -8,6 +8,8 @@
   the next sweep takes it over.
 - --overwrite replaces only a sweep's folder: the new one is prepared beside it and swapped in by two
   renames, so the old results stay in place until the new folder is ready.
+- A sweep's folder that a repository ships as committed (results/quickstart in hero-bench's own) is
+  `shipped`: a sweep replaces it without --overwrite, saying so, since git brings it back.
 """
 import contextlib
 import fcntl
@@ -16,6 +18,7 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -61,6 +64,25 @@ def is_sweep(folder):
     except HeroBenchError:
         return False
     return True
+
+
+def shipped(folder):
+    """Whether `folder` holds a sweep exactly as a git repository commits it: no sweep.json (git
+    ignores it), only what hero-bench writes, every file tracked and unchanged, nothing ignored in it.
+    Replacing such a folder loses nothing: `git checkout -- FOLDER` brings it back."""
+    folder = Path(folder)
+    if not folder.is_dir() or read_marker(folder) is not None or not is_sweep(folder):
+        return False
+
+    def git(*args):
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *args, "--", "."], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):  # no git, or a hung one
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    tracked, changed = git("ls-files"), git("status", "--porcelain", "--ignored", "--untracked-files=all")
+    return bool(tracked) and changed == ""
 
 
 def holder(folder):

@@ -135,22 +135,36 @@ def ray_loggers(tracking):
     return [JsonLoggerCallback(), CSVLoggerCallback(), *([TBXLoggerCallback()] if tracking.tensorboard else [])]
 
 
-class RayResumeAdvice(logging.Filter):
-    """Ray Tune's advice on an interrupted run (Tuner.restore) does not apply: hero-bench's own line
-    says how to go on."""
+# What Ray Tune logs when a sweep is interrupted, by logger: its advice (Tuner.restore, press Ctrl-C
+# again) does not apply, and the trials that never started have no metrics for its result grid, which
+# hero-bench does not use. hero-bench's one line says what happened and how to go on.
+RAY_INTERRUPTION_LINES = {
+    "ray.tune.tune": ("Experiment has been interrupted", "Trials did not complete", "Stop signal received"),
+    "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
+}
+
+
+class Muted(logging.Filter):
+    """Drops a logger's records whose message starts with one of `prefixes`."""
+
+    def __init__(self, prefixes):
+        super().__init__()
+        self.prefixes = prefixes
 
     def filter(self, record):
-        return not record.getMessage().startswith(("Experiment has been interrupted", "Trials did not complete"))
+        return not record.getMessage().startswith(self.prefixes)
 
 
 @contextlib.contextmanager
-def ray_resume_advice_muted():
-    logger, advice = logging.getLogger("ray.tune.tune"), RayResumeAdvice()
-    logger.addFilter(advice)
+def ray_interruption_muted():
+    muted = {logging.getLogger(name): Muted(prefixes) for name, prefixes in RAY_INTERRUPTION_LINES.items()}
+    for logger, mute in muted.items():
+        logger.addFilter(mute)
     try:
         yield
     finally:
-        logger.removeFilter(advice)
+        for logger, mute in muted.items():
+            logger.removeFilter(mute)
 
 
 def finished(frame, started):
@@ -204,8 +218,9 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
 
     Every check (the experiment, its search space, the results folder, what --resume would continue,
     the Ray address and resources) passes before anything is written or deleted, and the folder is
-    locked for the sweep's lifetime. An interruption (Ctrl-C, SIGTERM) raises Interrupted once every
-    trial that ended is in trials.csv. Nothing is read from Ray's pickled state (hero_bench.sweep.resume).
+    locked for the sweep's lifetime. A folder as the repository ships it (folder.shipped) is replaced
+    as with --overwrite, with a line that says so. An interruption (Ctrl-C, SIGTERM) raises Interrupted
+    once every trial that ended is in trials.csv. Nothing is read from Ray's pickled state (hero_bench.sweep.resume).
     `configs`: the sweep's TrialConfigs, when the caller shares them with its `callbacks` (more Ray
     Tune callbacks, such as W&B tracking). `verbose`: Ray's own output as Ray prints it, instead of
     hero-bench's header and progress (hero_bench.sweep.console)."""
@@ -214,7 +229,8 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     prepared = search.prepare(config)
     configs = configs or TrialConfigs(config)
     configs.check(prepared.checked)
-    folder.check(results_dir, resume, overwrite)
+    replaces_shipped = not (resume or overwrite) and folder.shipped(results_dir)
+    folder.check(results_dir, resume, overwrite or replaces_shipped)
     marker = {"sweep_id": secrets.token_hex(4), "storage": storage, "config": config.to_dict()}
     if prepared.draws is not None:
         marker["draws"] = prepared.draws
@@ -235,7 +251,9 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     with console.ray_quiet(verbose):
         start_ray(address)
         check_resources(config.sweep.resources_per_trial, address)
-        lock = folder.prepare(results_dir, resume, overwrite, marker)
+        lock = folder.prepare(results_dir, resume, overwrite or replaces_shipped, marker)
+        if replaces_shipped:
+            print(f"replaced {results_dir}, the run the repository ships: `git checkout -- {results_dir}` brings it back", flush=True)
         try:
             outputs.write_hypotheses(results_dir, config.to_dict()["hypotheses"])
             frame, total = execute(sweep)
@@ -335,7 +353,7 @@ def run_trials(sweep, space, num_samples, checkpoints, total, finished_before, s
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1 if sweep.verbose else 0,
     )
     tuner = tune.Tuner(fn, param_space=space, tune_config=make_tune_config(config, num_samples, searcher), run_config=run_config)
-    with without_auto_loggers(), ray_resume_advice_muted(), sigterm_as_ctrl_c():
+    with without_auto_loggers(), ray_interruption_muted(), sigterm_as_ctrl_c():
         try:
             tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C: Ray stops at once, and the trials that ended are kept
