@@ -1,5 +1,6 @@
 """The `hero-bench` command. Sub-commands import what they need lazily, so `train` and `list`
-never load Ray or W&B."""
+never load Ray or W&B. Every sub-command imports the installed plugins and those given by
+`--plugin` (hero_bench.plugins) before it reads a name."""
 import argparse
 import contextlib
 import json
@@ -17,6 +18,7 @@ EPILOG = """examples:
   hero-bench sweep experiments/quickstart.yaml          run the quickstart sweep with Ray Tune
   hero-bench train experiments/quickstart.yaml --set optimizer.name=hero --set optimizer.hessian_coef=100
   hero-bench list models
+  hero-bench list --plugin my_plugin                    what a plugin of your own registers (docs/extending.md)
   hero-bench leaderboard results/quickstart             rebuild tables and figures
   hero-bench report results/quickstart --entity me --project hero-bench
 """
@@ -28,10 +30,25 @@ def registries():
     return {"datasets": data.DATASETS, "models": models.MODELS, "methods": methods.METHODS, "metrics": metrics.METRICS}
 
 
+def load_plugins(args):
+    """The plugins of a command without an experiment file: installed ones, and --plugin's, found in
+    the current folder or on Python's path."""
+    from hero_bench import plugins
+
+    plugins.load(args.plugin, folders=[Path.cwd()])
+
+
 def cmd_list(args):
-    for kind, registry in registries().items():
+    """Each registry's names; a name a plugin registered is followed by its origin in brackets."""
+    from hero_bench.registry import BUILT_IN
+
+    found = registries()
+    load_plugins(args)
+    for kind, registry in found.items():
         if args.kind in (None, kind):
-            print(f"{kind}: {', '.join(registry.names(args.pattern))}")
+            names = [name if registry.origin(name) == BUILT_IN else f"{name} [{registry.origin(name)}]"
+                     for name in registry.names(args.pattern)]
+            print(f"{kind}: {', '.join(names)}")
 
 
 def format_table(result):
@@ -47,7 +64,7 @@ def cmd_train(args):
     from hero_bench.atomic import write_atomic
     from hero_bench.train import run_trial
 
-    config = config_module.load(args.file, args.set)
+    config = config_module.load(args.file, args.set, args.plugin)
     out = Path(args.out or Path("runs") / config.name)
     if (out / "metrics.json").exists() and not args.overwrite:
         raise HeroBenchError(f"{out} already holds a trained run; pass --overwrite to replace it or --out to write elsewhere")
@@ -69,7 +86,7 @@ def cmd_sweep(args):
         overrides.append(f"sweep.max_concurrent_trials={args.max_concurrent}")
     if args.wandb is not None:
         overrides.append(f"tracking.wandb={args.wandb}")
-    config = config_module.load(args.file, overrides)  # first: a mistake in the file costs no Ray import
+    config = config_module.load(args.file, overrides, args.plugin)  # first: a mistake in the file costs no Ray import
 
     import ray
 
@@ -103,6 +120,7 @@ def cmd_sweep(args):
 def cmd_leaderboard(args):
     from hero_bench.results import outputs
 
+    load_plugins(args)
     written, skipped = outputs.write(args.path)
     for path in written:
         print(f"wrote {path}")
@@ -113,6 +131,7 @@ def cmd_leaderboard(args):
 def cmd_report(args):
     from hero_bench.results import report
 
+    load_plugins(args)
     report.publish(args.path, entity=args.entity, project=args.project)
 
 
@@ -125,10 +144,16 @@ def parser():
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def with_plugins(sp):
+        sp.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import this module of your own first: the datasets, models, methods and metrics it registers "
+                        "become valid names (repeatable; found in the current folder or on Python's path; docs/extending.md)")
+
     def with_overrides(sp):
         sp.add_argument("file", help="experiment YAML file (see experiments/)")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set optimizer.radius=0.5 (repeatable; values parsed as YAML)")
+        with_plugins(sp)
 
     sp = sub.add_parser("train", help="train one configuration and print its metrics",
                         description="Train a single trial of an experiment file (its sweep section is ignored).")
@@ -159,6 +184,7 @@ def parser():
     sp = sub.add_parser("leaderboard", help="rebuild leaderboards and figures from trials.csv",
                         description="Rebuild leaderboard.{md,csv,html} and figures/ from a results folder or a trials.csv.")
     sp.add_argument("path", help="results/<name> or a trials.csv")
+    with_plugins(sp)
     sp.set_defaults(func=cmd_leaderboard)
 
     sp = sub.add_parser("report", help="build a W&B report (or report.md when offline)",
@@ -166,11 +192,13 @@ def parser():
     sp.add_argument("path", help="results/<name>")
     sp.add_argument("--entity", help="W&B entity (user or team)")
     sp.add_argument("--project", default="hero-bench", help="W&B project (default: hero-bench)")
+    with_plugins(sp)
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("list", help="list registered datasets, models, methods and metrics")
     sp.add_argument("kind", nargs="?", choices=KINDS, help="only this registry")
     sp.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'resnet*'")
+    with_plugins(sp)
     sp.set_defaults(func=cmd_list)
     return p
 

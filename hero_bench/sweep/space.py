@@ -29,7 +29,7 @@ DISTRIBUTIONS = {
 POINT = "point"  # the axis of a union of grids
 CONTINUES = "continues"  # in a point of a resumed sweep: the id of the trial it continues
 MAX_TRIALS = 10_000  # trials of one sweep: more is a typo in a grid (and a long wait before Ray starts)
-UNSWEPT = ("name", "sweep", "tracking")  # sections that are the experiment's, the same for every trial
+UNSWEPT = ("name", "plugins", "sweep", "tracking")  # keys that are the experiment's, the same for every trial
 
 
 def search_space(config):
@@ -102,7 +102,7 @@ def union_points(grids):
 
 def check_value(key, value, where):
     if key.split(".")[0] in UNSWEPT:
-        raise ConfigError(f"{where}: name, sweep.* and tracking.* belong to the whole experiment and cannot be swept")
+        raise ConfigError(f"{where}: name, plugins, sweep.* and tracking.* belong to the whole experiment and cannot be swept")
     try:
         return config_module.check_value(key, value)
     except ConfigError as exc:
