@@ -42,19 +42,22 @@ def load(names=(), folders=()):
             package = f"{entry.dist.name} {entry.dist.version}" if entry.dist else entry.value
             _run(f"{key} ({package})", entry.load)
             _loaded.add(key)
+    folders = list(dict.fromkeys(str(Path(folder).resolve()) for folder in folders))
     for name in names:
         if not isinstance(name, str) or not MODULE_NAME.fullmatch(name):
             raise ConfigError(f"plugins: {name!r:.80} is not a Python module name (letters, digits and '_', parts joined by '.')")
         if name not in _loaded:
-            _import(name, [str(Path(folder).resolve()) for folder in folders])
+            _import(name, folders)
             _loaded.add(name)
 
 
 def _import(name, folders):
     """Import plugin `name` with `folders` in front of Python's path for the time of the import; its
-    origin names the file (or package) it was found in."""
-    added = [folder for folder in dict.fromkeys(folders) if folder not in sys.path]
+    origin names the file (or package) it was found in. The plugin's folder is left as it was: no
+    __pycache__ is written into it."""
+    added = [folder for folder in folders if folder not in sys.path]
     sys.path[:0] = added
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
         importlib.invalidate_caches()  # a module file written since the last import is found
         spec = importlib.util.find_spec(name.split(".")[0])  # the top-level module: found, not imported
@@ -65,6 +68,7 @@ def _import(name, folders):
         if name not in sys.modules:
             _run(text, lambda: importlib.import_module(name))
     finally:
+        sys.dont_write_bytecode = writes_bytecode
         for folder in added:
             sys.path.remove(folder)
 
