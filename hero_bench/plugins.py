@@ -29,19 +29,18 @@ from hero_bench.errors import ConfigError, HeroBenchError, HeroBenchWarning
 
 GROUP = "hero_bench.plugins"  # the entry-point group of installed plugin packages
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # matched whole
-_loaded = set()  # the plugins this process has imported: module names and "entry point NAME"
+_loaded = set()  # what this process has imported: plugin module names, and GROUP for the entry points
 
 
 def load(names=(), folders=()):
     """Import every installed entry point of the group hero_bench.plugins, then the modules `names`
     (dotted module names), each looked up in `folders` first (the experiment's folder, the current
     one), then on Python's path. A plugin is imported once per process."""
-    for entry in importlib.metadata.entry_points(group=GROUP):
-        key = f"entry point {entry.name}"
-        if key not in _loaded:
+    if GROUP not in _loaded:  # installed packages are looked up once: a trial's Config loads its plugins again
+        for entry in importlib.metadata.entry_points(group=GROUP):
             package = f"{entry.dist.name} {entry.dist.version}" if entry.dist else entry.value
-            _run(f"{key} ({package})", entry.load)
-            _loaded.add(key)
+            _run(f"entry point {entry.name} ({package})", entry.load)
+        _loaded.add(GROUP)
     folders = list(dict.fromkeys(str(Path(folder).resolve()) for folder in folders))
     for name in names:
         if not isinstance(name, str) or not MODULE_NAME.fullmatch(name):

@@ -161,7 +161,7 @@ MISTAKES = [
           experiment="name: bad\ntrain: {epochs: 1" + "0" * 5000 + "}\n"),
     *both("yaml-tag-that-runs-code", ("malformed YAML in exp.yaml at line 1", "could not determine a constructor for the tag"),
           experiment='name: !!python/object/apply:os.system ["touch code-ran"]\n'),
-    *both("key-that-is-a-number", "unknown key '1'; allowed in this section: name, data", experiment="name: bad\n1: one\n"),
+    *both("key-that-is-a-number", "unknown key '1'; allowed in this section: name, plugins, data", experiment="name: bad\n1: one\n"),
     *both("section-not-a-mapping", "train must be a mapping with keys epochs, batch_size, lr,", experiment={"train": 5}),
     # ---------------------------------------------------------------- names
     *both("name-ends-in-a-newline", ("name must be 1 to 100 letters", "got 'rt\\n'"), "--set", 'name="rt\\n"'),

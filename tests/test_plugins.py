@@ -138,3 +138,28 @@ def test_an_installed_plugin_registers_through_its_entry_point(tmp_path):
         warning + ", model, method or metric"]
     result = json.loads((tmp_path / "work" / "run" / "metrics.json").read_text())
     assert result["lab_parameters"] == lab_parameters((1, 4, 4), 3)
+
+
+def test_a_trial_whose_node_cannot_import_a_plugin_fails_with_one_line(plugin_sandbox, tmp_path):
+    """A trial builds its Config by config.for_trial, which imports the experiment's plugins by name:
+    on a node where the plugin is neither shipped nor installed that fails with one line, which Ray
+    records as the trial's error (a failed trial; the sweep goes on, tests/test_reliability.py)."""
+    write(tmp_path, "lab_plugin")
+    base = config.from_dict(lab_experiment(), folders=[tmp_path])
+    del sys.modules["lab_plugin"]  # now as in a fresh worker that has no copy of it
+    plugins._loaded.discard("lab_plugin")
+    with pytest.raises(ConfigError, match=r"^plugin lab_plugin: no module lab_plugin on Python's path$"):
+        config.for_trial(base, {"train.lr": 0.1})
+
+
+def test_a_ray_started_before_the_sweep_keeps_its_runtime_environment_with_a_warning(plugin_sandbox, tmp_path, monkeypatch):
+    import ray
+
+    from hero_bench.sweep import cluster
+
+    write(tmp_path, "lab_plugin")
+    plugins.load(["lab_plugin"], [tmp_path])
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: pytest.fail("a Ray that runs is not started again"))
+    with pytest.warns(UserWarning, match=r"^Ray was started before this sweep, so the plugin module\(s\) lab_plugin are not shipped"):
+        cluster.start_ray(None, plugins.shipped(["lab_plugin"]))
