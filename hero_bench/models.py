@@ -247,7 +247,8 @@ def mobilenet_v2(*, input_shape, num_classes):
 
 
 # model name -> {model.args keyword: check(key, value)}: the values a factory cannot build with,
-# refused by check_args before any trial starts. A new model with arguments adds its entry here.
+# refused by check_args before any trial starts. A model with arguments adds its entry, a plugin's
+# model too (docs/extending.md).
 ARG_CHECKS = {
     "mlp": {"hidden": check_widths},
     "mnist1d_cnn": {"channels": check_width},
