@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import yaml
 from hero_bench import cli, config, data, metrics, models, plugins
 from hero_bench.errors import ConfigError, HeroBenchWarning
 from hero_bench.sweep import resume
-from lab_plugins import lab_parameters, write
+from lab_plugins import LAB, lab_parameters, write
 from tiny import NO_EVAL, experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,19 +113,29 @@ def test_resume_counts_the_plugins_as_part_of_the_experiment():
         resume.check_unchanged(base.to_dict(), dataclasses.replace(base, plugins=["lab_plugin"]))
 
 
+def wheel(folder, source):
+    """A throwaway package, hero-lab 0.1, as a wheel: the module hero_lab (`source`) and an entry point
+    `lab = hero_lab` in the group hero_bench.plugins. Written by hand, so pip installs it with no
+    build backend and no network."""
+    files = {"hero_lab/__init__.py": source,
+             "hero_lab-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: hero-lab\nVersion: 0.1\n",
+             "hero_lab-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hero-bench tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+             "hero_lab-0.1.dist-info/entry_points.txt": f"[{plugins.GROUP}]\nlab = hero_lab\n"}
+    files["hero_lab-0.1.dist-info/RECORD"] = "".join(f"{name},,\n" for name in [*files, "hero_lab-0.1.dist-info/RECORD"])
+    path = Path(folder) / "hero_lab-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return path
+
+
 @pytest.mark.slow
 def test_an_installed_plugin_registers_through_its_entry_point(tmp_path):
-    """A throwaway package with an entry point in the group hero_bench.plugins, installed by pip into
-    a folder of its own: every command imports it without being told, and names come with its origin."""
-    package = tmp_path / "package"
-    write(package / "hero_lab", "__init__")
-    (package / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n\n'
-        '[project]\nname = "hero-lab"\nversion = "0.1"\n\n'
-        '[project.entry-points."hero_bench.plugins"]\nlab = "hero_lab"\n')
+    """The package, installed by pip into a folder of its own that the command's Python path holds:
+    every command imports it without being told, and its names come with its origin."""
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
-                    "--target", str(site), str(package)], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(site),
+                    str(wheel(tmp_path, LAB))], check=True, capture_output=True, timeout=300)
     write(tmp_path / "work", "empty_plugin", "VALUE = 1\n")
     (tmp_path / "work" / "exp.yaml").write_text(yaml.safe_dump(experiment(name="lab", model={"name": "lab_net", "args": {}})))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", str(ROOT))])}
