@@ -118,9 +118,9 @@ def cmd_sweep(args):
 
 
 def cmd_leaderboard(args):
+    load_plugins(args)  # first: a bad plugin costs no import of the results side
     from hero_bench.results import outputs
 
-    load_plugins(args)
     written, skipped = outputs.write(args.path)
     for path in written:
         print(f"wrote {path}")
@@ -129,9 +129,9 @@ def cmd_leaderboard(args):
 
 
 def cmd_report(args):
+    load_plugins(args)
     from hero_bench.results import report
 
-    load_plugins(args)
     report.publish(args.path, entity=args.entity, project=args.project)
 
 
