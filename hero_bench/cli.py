@@ -1,5 +1,6 @@
 """The `hero-bench` command. Sub-commands import what they need lazily, so `train` and `list`
-never load Ray, and `train` loads W&B only when it logs to it."""
+never load Ray, and `train` loads W&B only when it logs to it. Every sub-command imports the installed
+plugins and those given by `--plugin` (hero_bench.plugins) before it reads a name."""
 import argparse
 import contextlib
 import json
@@ -19,6 +20,7 @@ EPILOG = """examples:
   hero-bench train quickstart --set optimizer.name=sgd  train one configuration; its files go to runs/quickstart/N
   hero-bench train quickstart optimizer.radius=0.1 train.epochs=5 --wandb offline
   hero-bench list experiments                           the shipped experiments (a path to any YAML file works too)
+  hero-bench list --plugin my_plugin                    what a plugin of your own registers (docs/extending.md)
   hero-bench leaderboard results/quickstart             rebuild tables and figures
   hero-bench report results/quickstart --entity me --project hero-bench
 """
@@ -30,10 +32,25 @@ def registries():
     return {"datasets": data.DATASETS, "models": models.MODELS, "methods": methods.METHODS, "metrics": metrics.METRICS}
 
 
+def load_plugins(args):
+    """The plugins of a command without an experiment file: installed ones, and --plugin's, found in
+    the current folder or on Python's path."""
+    from hero_bench import plugins
+
+    plugins.load(args.plugin, folders=[Path.cwd()])
+
+
 def cmd_list(args):
-    for kind, registry in registries().items():
+    """Each registry's names; a name a plugin registered is followed by its origin in brackets."""
+    from hero_bench.registry import BUILT_IN
+
+    found = registries()
+    load_plugins(args)
+    for kind, registry in found.items():
         if args.kind in (None, kind):
-            print(f"{kind}: {', '.join(registry.names(args.pattern))}")
+            names = [name if registry.origin(name) == BUILT_IN else f"{name} [{registry.origin(name)}]"
+                     for name in registry.names(args.pattern)]
+            print(f"{kind}: {', '.join(names)}")
     if args.kind in (None, "experiments"):
         print(f"experiments: {', '.join(experiment_files.names(args.pattern))} (files in {experiment_files.folder()})")
 
@@ -64,7 +81,7 @@ def cmd_train(args):
     from hero_bench.atomic import write_atomic
     from hero_bench.train import run_trial
 
-    config = config_module.load(experiment_files.resolve(args.file), [*args.set, *args.overrides])
+    config = config_module.load(experiment_files.resolve(args.file), [*args.set, *args.overrides], args.plugin)
     out = Path(args.out) if args.out else None
     if out is None and tracking.agent_run_id():  # a W&B agent runs this command once per run of its sweep: a folder each
         out = Path("runs") / config.name / tracking.agent_run_id()
@@ -98,7 +115,7 @@ def cmd_sweep(args):
         overrides.append(f"sweep.max_concurrent_trials={args.max_concurrent}")
     if args.wandb is not None:
         overrides.append(f"tracking.wandb={args.wandb}")
-    config = config_module.load(experiment_files.resolve(args.file), overrides)  # first: a mistake in the file costs no Ray import
+    config = config_module.load(experiment_files.resolve(args.file), overrides, args.plugin)  # first: a mistake in the file costs no Ray import
 
     import ray
 
@@ -129,6 +146,7 @@ def cmd_sweep(args):
 
 
 def cmd_leaderboard(args):
+    load_plugins(args)  # first: a bad plugin costs no import of the results side
     from hero_bench.results import outputs
 
     written, skipped = outputs.write(args.path)
@@ -139,6 +157,7 @@ def cmd_leaderboard(args):
 
 
 def cmd_report(args):
+    load_plugins(args)
     from hero_bench.results import report
 
     report.publish(args.path, entity=args.entity, project=args.project)
@@ -153,10 +172,16 @@ def parser():
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def with_plugins(sp):
+        sp.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import this module of your own first: the datasets, models, methods and metrics it registers "
+                        "become valid names (repeatable; found in the current folder or on Python's path; docs/extending.md)")
+
     def with_overrides(sp):
         sp.add_argument("file", help="a shipped experiment's name (hero-bench list experiments) or an experiment YAML file")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set optimizer.radius=0.5 (repeatable; values parsed as YAML)")
+        with_plugins(sp)
 
     sp = sub.add_parser("train", help="train one configuration and print its metrics",
                         description="Train a single trial of an experiment file (its sweep section is ignored). "
@@ -192,6 +217,7 @@ def parser():
     sp = sub.add_parser("leaderboard", help="rebuild leaderboards and figures from trials.csv",
                         description="Rebuild leaderboard.{md,csv,html} and figures/ from a results folder or a trials.csv.")
     sp.add_argument("path", help="results/<name> or a trials.csv")
+    with_plugins(sp)
     sp.set_defaults(func=cmd_leaderboard)
 
     sp = sub.add_parser("report", help="build a W&B report (or report.md when offline)",
@@ -199,11 +225,13 @@ def parser():
     sp.add_argument("path", help="results/<name>")
     sp.add_argument("--entity", help="W&B entity (user or team)")
     sp.add_argument("--project", default="hero-bench", help="W&B project (default: hero-bench)")
+    with_plugins(sp)
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("list", help="list registered datasets, models, methods and metrics, and the shipped experiments")
     sp.add_argument("kind", nargs="?", choices=KINDS, help="only this kind")
     sp.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'resnet*'")
+    with_plugins(sp)
     sp.set_defaults(func=cmd_list)
     return p
 

@@ -6,16 +6,19 @@ checks every rule, resolves names against the registries and checks the keyword 
 dataset and model factories; deeper code trusts the result. The optimizer section is the methods'
 own (hero_bench.methods.OptimizerConfig), so a method's setting is stated once, where the method
 uses it. `load` reads a file (hero_bench.yamlfile) and applies `--set key.sub=value` overrides
-before validation. A sweep's trial is the experiment's Config with its swept values set
-(`for_trial`), each value checked once at the door (`check_value`). README shows a whole file.
+before validation. The experiment's `plugins` are imported before the rest is validated, so the
+names they register resolve like built-in ones (hero_bench.plugins). A sweep's trial is the
+experiment's Config with its swept values set (`for_trial`), each value checked once at the door
+(`check_value`). README shows a whole file.
 
 Upper bounds sit where a larger value is a typo (an extra zero) rather than an experiment.
 """
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from hero_bench import catalog, data, methods, models, rules, validation
+from hero_bench import catalog, data, methods, models, plugins, rules, validation
 from hero_bench.trials import GROUP_KEYS
 from hero_bench.errors import ConfigError
 from hero_bench.methods import OptimizerConfig
@@ -158,6 +161,7 @@ class Hypothesis:
 @dataclass
 class Config:
     name: str = "experiment"
+    plugins: list[str] = field(default_factory=list)  # modules registering datasets, models, methods, metrics (docs/extending.md)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -265,8 +269,10 @@ def for_trial(base, params):
 
     Every value was checked by `check_value` when the sweep was read, so only the factories' keyword
     arguments, which depend on the combination (a swept model.name with the base's model.args), are
-    checked again.
+    checked again. The experiment's plugins are imported first (by name: a trial on another node
+    finds them where the sweep shipped them), so their names resolve.
     """
+    plugins.load(base.plugins)
     raw = base.to_dict()
     for key, value in params.items():
         set_dotted(raw, key, value)
@@ -280,19 +286,26 @@ def set_dotted(raw, key, value):
     return validation.set_dotted(Config, raw, key, value, DOTTED_MAPPINGS)
 
 
-def from_dict(raw):
-    """Build and validate a Config from a nested mapping (as read from YAML)."""
+def from_dict(raw, folders=()):
+    """Build and validate a Config from a nested mapping (as read from YAML), after importing its
+    plugins (looked up in `folders` first, then on Python's path) and the installed ones."""
     if not isinstance(raw, dict):
         raise ConfigError(f"an experiment file must be a YAML mapping of sections, got {type(raw).__name__}")
+    plugins.load(check_value("plugins", raw.get("plugins", [])), folders)
     return validate(validation.build(Config, raw))
 
 
-def load(path, overrides=()):
-    """Read an experiment file, apply `key=value` overrides, validate, return a Config. The file (or
-    a --set) must give the experiment's name: it names results/<name>/."""
+def load(path, overrides=(), plugin_names=()):
+    """Read an experiment file, apply `key=value` overrides, add the modules `plugin_names` (--plugin)
+    to its plugins, validate, return a Config. Plugins are found next to the file, in the current
+    folder or on Python's path. The file (or a --set) must give the experiment's name: it names
+    results/<name>/."""
     raw = read_yaml(path)
     for text in overrides:
         set_dotted(raw, *parse_override(text))
+    if plugin_names:
+        listed = check_value("plugins", raw.get("plugins", []))
+        raw["plugins"] = listed + [name for name in dict.fromkeys(plugin_names) if name not in listed]
     if "name" not in raw:
         raise ConfigError(f"{path} has no name: give the experiment one (`name: my_experiment`), it names results/<name>/")
-    return from_dict(raw)
+    return from_dict(raw, folders=(Path(path).parent, Path.cwd()))

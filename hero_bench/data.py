@@ -20,14 +20,14 @@ import torch
 
 from hero_bench.atomic import write_atomic
 from hero_bench.errors import ConfigError, DatasetNotFoundError
-from hero_bench.registry import Registry
+from hero_bench.registry import Registry, call_problem
 
-DATASETS = Registry("dataset")
+FACTORY_ARGS = ("root", "download")  # what load() gives every dataset factory; data.args gives the rest
+DATASETS = Registry("dataset", check=lambda factory: call_problem(factory, keywords=FACTORY_ARGS))
 
 CROP_PADDING = 4  # pixels of padding for random crops, the standard CIFAR recipe
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # fixed so every trial sees the same digits test set
-FACTORY_ARGS = ("root", "download")  # what load() gives every dataset factory; data.args gives the rest
 
 
 @dataclass

@@ -8,6 +8,7 @@ The public functions (quantize_weights, ptq_accuracy, weight_noise_accuracy and 
 estimators of hero_bench.hessian, re-exported here) check their own arguments.
 """
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -15,14 +16,16 @@ from torch import nn
 
 from hero_bench import catalog
 from hero_bench.config import EvaluateConfig, from_dict
-from hero_bench.errors import ConfigError
+from hero_bench.errors import ConfigError, HeroBenchWarning
 from hero_bench.hessian import (  # noqa: F401
     hessian_curvature, hessian_density, hessian_sample, hessian_top_eigenvalue, hessian_top_k, hessian_trace,
 )
 from hero_bench.models import eval_mode
-from hero_bench.registry import Registry
+from hero_bench.registry import Registry, call_problem
 
-METRICS = Registry("metric")
+EVALUATOR_ARGS = ("model", "data", "evaluate", "seed")  # how `evaluate` calls every evaluator, by position
+METRICS = Registry("metric", check=lambda evaluator: call_problem(evaluator, args=EVALUATOR_ARGS))
+_UNDECLARED_WARNED = set()  # evaluators whose undeclared keys this process has warned about
 
 # Layers whose weights are quantized and perturbed; biases and normalization layers stay untouched.
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -190,11 +193,21 @@ def evaluate(model, data, evaluate_config, seed):
 
     `evaluate_config`: an EvaluateConfig, or a mapping shaped like the `evaluate:` section (missing
     keys at their defaults, checked by the schema before any work). Each evaluator returns {} for
-    what the config disables (ptq_bits: [], sigmas: [], both Hessian flags false).
+    what the config disables (ptq_bits: [], sigmas: [], both Hessian flags false). An evaluator's keys
+    that the metric catalog does not declare are kept, with one warning per evaluator and process:
+    the leaderboard and comparisons show only declared metrics.
     """
     if not isinstance(evaluate_config, EvaluateConfig):
         evaluate_config = from_dict({"evaluate": evaluate_config}).evaluate
     results = {}
     for name in METRICS.names():
-        results.update(METRICS.get(name)(model, data, evaluate_config, seed))
+        values = METRICS.get(name)(model, data, evaluate_config, seed)
+        undeclared = sorted(key for key in values if catalog.describe(key) is None)
+        if undeclared and name not in _UNDECLARED_WARNED:
+            _UNDECLARED_WARNED.add(name)
+            warnings.warn(HeroBenchWarning(
+                f"metric {name!r} ({METRICS.origin(name)}) reports {', '.join(undeclared)}, which the metric catalog does not "
+                "declare: trials.csv keeps them, the leaderboard and comparisons leave them out (declare them with "
+                "hero_bench.catalog.declare, docs/extending.md)"), stacklevel=2)
+        results.update(values)
     return results

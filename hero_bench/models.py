@@ -11,11 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hero_bench.errors import ConfigError
-from hero_bench.registry import Registry
-
-MODELS = Registry("model")
+from hero_bench.registry import Registry, call_problem
 
 FACTORY_ARGS = ("input_shape", "num_classes")  # what create() gives every model factory; model.args the rest
+MODELS = Registry("model", check=lambda factory: call_problem(factory, keywords=FACTORY_ARGS))
 MIN_CONV_SIZE = 8  # smallest image side the convolutional models are built for (digits)
 MAX_WIDTH = 2**16  # widest layer a model.args value may ask for: more is a typo (and gigabytes of weights)
 
@@ -248,7 +247,8 @@ def mobilenet_v2(*, input_shape, num_classes):
 
 
 # model name -> {model.args keyword: check(key, value)}: the values a factory cannot build with,
-# refused by check_args before any trial starts. A new model with arguments adds its entry here.
+# refused by check_args before any trial starts. A model with arguments adds its entry, a plugin's
+# model too (docs/extending.md).
 ARG_CHECKS = {
     "mlp": {"hidden": check_widths},
     "mnist1d_cnn": {"channels": check_width},

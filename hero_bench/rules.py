@@ -9,9 +9,7 @@ results side reads method families without importing torch.
 from dataclasses import dataclass
 from typing import Callable
 
-from hero_bench.registry import Registry
-
-METHODS = Registry("method")
+from hero_bench.registry import Registry, call_problem
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,17 @@ class Rule:
         perturbs = self.perturbs and radius > 0
         active = hessian_coef > 0 and (self.hessian != "D" or perturbs)
         return perturbs, self.hessian if active else None
+
+
+def rule_problem(rule):
+    """Why `rule` cannot be a method (METHODS' check): it is no Rule, or its gradient function cannot
+    be called as the generic step calls it, gradient(step, **optimizer.args); None when it can."""
+    if not isinstance(rule, Rule):
+        return f"a method is a hero_bench.rules.Rule, got {type(rule).__name__}"
+    return call_problem(rule.gradient, args=("step",)) if rule.gradient is not None else None
+
+
+METHODS = Registry("method", check=rule_problem)
 
 
 def register(rule):

@@ -1,4 +1,5 @@
 import contextlib
+import sys
 
 import pytest
 import torch
@@ -38,3 +39,23 @@ def fresh_wandb():
     yield
     with contextlib.suppress(Exception):  # the service may be dead: that is what the test did
         wandb.teardown()
+
+
+@pytest.fixture
+def plugin_sandbox(monkeypatch):
+    """What plugins a test imports is forgotten after it: the registries (names and origins), the
+    metric catalog, the model argument checks, the record of imported plugins and of warned metric
+    keys are copies, and the plugin modules leave sys.modules, so the next test imports them afresh."""
+    from hero_bench import catalog, data, methods, metrics, models, plugins
+
+    for registry in (data.DATASETS, models.MODELS, methods.METHODS, metrics.METRICS):
+        monkeypatch.setattr(registry, "_factories", dict(registry._factories))
+        monkeypatch.setattr(registry, "_origins", dict(registry._origins))
+    monkeypatch.setattr(catalog, "CATALOG", list(catalog.CATALOG))
+    monkeypatch.setattr(models, "ARG_CHECKS", dict(models.ARG_CHECKS))
+    monkeypatch.setattr(metrics, "_UNDECLARED_WARNED", set())
+    monkeypatch.setattr(plugins, "_loaded", set())
+    yield
+    tops = {name.split(".")[0] for name in plugins._loaded - {plugins.GROUP}}
+    for name in [m for m in sys.modules if m.split(".")[0] in tops]:
+        del sys.modules[name]

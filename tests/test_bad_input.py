@@ -23,6 +23,7 @@ import yaml
 from hero_bench import cli, config, data, methods, metrics, models
 from hero_bench import sweep  # noqa: F401 - imported here, so timings below measure checks, not imports
 from hero_bench.errors import ConfigError, DatasetNotFoundError
+from lab_plugins import LAB
 from tiny import experiment
 
 # W&B offline, as by default: a refused experiment must not leave even an offline run behind
@@ -30,6 +31,7 @@ EXPERIMENT = experiment(name="bad", train={"epochs": 1}, tracking={"wandb": "off
 WITHIN_S = 10  # a refusal comes within seconds: before any data is loaded, model built or Ray started
 STARTUP_S = 20  # and a new process first imports torch, slow on a busy machine
 TABLE = Path(__file__).parent / "fixtures" / "trials_small.csv"
+EXAMPLE_PLUGIN = (Path(__file__).parents[1] / "examples" / "my_plugin.py").read_text()
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,15 @@ def both(id, expect, *flags, experiment=None):
 
 def api(id, expect, call, error=ConfigError):
     return Mistake(id, parts(expect), call=call, error=error)
+
+
+def plugin(id, expect, name, source, *flags, command=None, **sections):
+    """A plugin module `name` (its `source`) beside exp.yaml: named in the experiment's plugins through
+    `train` and `sweep`, or given to `hero-bench COMMAND --plugin` (list, leaderboard, report)."""
+    files = {f"{name}.py": source}
+    if command is not None:
+        return [Mistake(f"{command}:{id}", parts(expect), (command, *flags, "--plugin", name), files=files)]
+    return [Mistake(m.id, m.expect, m.argv, {"plugins": [name], **sections}, files) for m in both(id, expect, *flags)]
 
 
 def table(id, command, content):
@@ -150,7 +161,7 @@ MISTAKES = [
           experiment="name: bad\ntrain: {epochs: 1" + "0" * 5000 + "}\n"),
     *both("yaml-tag-that-runs-code", ("malformed YAML in exp.yaml at line 1", "could not determine a constructor for the tag"),
           experiment='name: !!python/object/apply:os.system ["touch code-ran"]\n'),
-    *both("key-that-is-a-number", "unknown key '1'; allowed in this section: name, data", experiment="name: bad\n1: one\n"),
+    *both("key-that-is-a-number", "unknown key '1'; allowed in this section: name, plugins, data", experiment="name: bad\n1: one\n"),
     *both("section-not-a-mapping", "train must be a mapping with keys epochs, batch_size, lr,", experiment={"train": 5}),
     # ---------------------------------------------------------------- names
     *both("name-ends-in-a-newline", ("name must be 1 to 100 letters", "got 'rt\\n'"), "--set", 'name="rt\\n"'),
@@ -194,6 +205,53 @@ MISTAKES = [
           experiment={"model": {"name": "mnist1d_cnn", "args": {"channels": 0}}}),
     train("missing-torchvision-dataset", ("cifar10 files not found or corrupted under missing/cifar-10-batches-py", "set data.download: true"),
           experiment={"data": {"name": "cifar10", "root": "missing", "args": {}}}),
+    # ---------------------------------------------------------------- plugins (docs/extending.md)
+    *both("plugin-missing", ("plugin nowhere: no module nowhere in ", "or on Python's path"), experiment={"plugins": ["nowhere"]}),
+    *both("plugin-flag-missing", ("plugin nowhere: no module nowhere in ", "or on Python's path"), "--plugin", "nowhere"),
+    Mistake("list:plugin-flag-missing", ("plugin nowhere: no module nowhere in ",), ("list", "--plugin", "nowhere")),
+    *both("plugins-not-a-list", "plugins must be a list of str, got 'lab_plugin'", experiment={"plugins": "lab_plugin"}),
+    *both("plugin-not-a-module-name", "plugins: 'my-models' is not a Python module name", experiment={"plugins": ["my-models"]}),
+    *plugin("plugin-import-fails", ("plugin broken_plugin (", "broken_plugin.py) cannot be imported: ModuleNotFoundError: "
+            "No module named 'not_a_module_anywhere'"), "broken_plugin", "import not_a_module_anywhere\n"),
+    *plugin("plugin-raises", "cannot be imported: RuntimeError: needs a GPU and a license", "raising_plugin",
+            "raise RuntimeError('needs a GPU\\nand a license')\n"),
+    *plugin("plugin-syntax-error", "syntax_plugin.py) cannot be imported: SyntaxError: invalid syntax (syntax_plugin.py, line 1)",
+            "syntax_plugin", "def (:\n"),
+    *plugin("plugin-takes-a-built-in-name", ("model 'mlp' is already registered (built-in); plugin dup_plugin (",
+            "dup_plugin.py) registers it again"), "dup_plugin",
+            "from hero_bench.models import MODELS, mlp\n\nMODELS.register('mlp')(mlp)\n"),
+    *[Mistake(m.id, m.expect, m.argv, {"plugins": ["lab_plugin", "lab_copy"]}, {"lab_plugin.py": LAB, "lab_copy.py": LAB})
+      for m in both("two-plugins-one-name", ("model 'lab_net' is already registered (plugin lab_plugin (",
+                                             "lab_plugin.py)); plugin lab_copy (", "lab_copy.py) registers it again"))],
+    *plugin("plugin-model-signature", ("sig_model.py): model 'tiny': hero-bench calls it as tiny(input_shape=..., num_classes=...), "
+            "which its signature refuses: missing a required argument: 'x'"), "sig_model",
+            "from hero_bench.models import MODELS\n\n\n@MODELS.register('tiny')\ndef tiny(x):\n    return x\n"),
+    *plugin("plugin-dataset-signature", ("sig_data.py): dataset 'sig': hero-bench calls it as sig(root=..., download=...), which "
+            "its signature refuses: got an unexpected keyword argument 'download'"), "sig_data",
+            "from hero_bench.data import DATASETS\n\n\n@DATASETS.register('sig')\ndef sig(*, root):\n    return root\n",
+            command="list"),
+    *plugin("plugin-metric-signature", ("sig_metric.py): metric 'sig': hero-bench calls it as sig(model, data, evaluate, seed), "
+            "which its signature refuses: too many positional arguments"), "sig_metric",
+            "from hero_bench.metrics import METRICS\n\n\n@METRICS.register('sig')\ndef sig(model, data):\n    return {}\n",
+            "results/bad", command="leaderboard"),
+    *plugin("plugin-method-not-a-rule", "not_rule.py): method 'gsam': a method is a hero_bench.rules.Rule, got function", "not_rule",
+            "from hero_bench.methods import METHODS\n\nMETHODS.register('gsam')(lambda step: step.gradient())\n",
+            "results/bad", command="report"),
+    *plugin("plugin-gradient-signature", ("sig_rule.py): method 'own': hero-bench calls it as own(step), which its signature "
+            "refuses: missing a required argument: 'alpha'"), "sig_rule",
+            "from hero_bench.methods import Rule, register\n\n\ndef own(step, alpha):\n    return step.gradient()\n\n\n"
+            "register(Rule('own', perturbs=False, hessian=None, objective='L(W)', gradient=own))\n"),
+    *plugin("plugin-model-width-zero", "model.args.width must be an integer in [1, 65536], got 0", "my_plugin", EXAMPLE_PLUGIN,
+            model={"name": "tanh_mlp", "args": {"width": 0}}),
+    *plugin("plugin-method-unknown-option", "optimizer.args.beta is not an option of method 'gsam'; allowed: alpha", "my_plugin",
+            EXAMPLE_PLUGIN, optimizer={"name": "gsam", "args": {"beta": 1.0}}),
+    *plugin("plugin-method-option-of-a-rule", "optimizer.args: method 'samgn' is a rule and takes no arguments, got alpha",
+            "my_plugin", EXAMPLE_PLUGIN, optimizer={"name": "samgn", "args": {"alpha": 1.0}}),
+    Mistake("sweep:grid-plugin-model-width-zero", ("sweep.space point {model.args.width=0}: model.args.width must be an integer in [1, 65536], got 0",),
+            ("sweep", "exp.yaml"), {"plugins": ["my_plugin"], "model": {"name": "tanh_mlp", "args": {}},
+                                    "sweep": {"space": {"model.args.width": [8, 0]}}}, {"my_plugin.py": EXAMPLE_PLUGIN}),
+    sweep_cli("swept-plugins", "sweep.space.plugins: name, plugins, sweep.* and tracking.* belong to the whole experiment",
+              experiment=space(plugins=[["my_plugin"]])),
     # ---------------------------------------------------------------- numbers: types, finiteness, ranges
     *both("label-noise-one", "data.label_noise must be in [0, 1), got 1.0", experiment={"data": {"label_noise": 1.0}}),
     *both("label-noise-flag", "data.label_noise must be in [0, 1), got 1.5", "--set", "data.label_noise=1.5"),
@@ -291,11 +349,11 @@ MISTAKES = [
               experiment=space(model__args__hidden=[[8], [0]])),
     sweep_cli("grid-model-without-the-base-args", ("sweep.space point {model.name=lenet5}", "model.args.hidden is not an option of model 'lenet5'"),
               experiment=space(model__name=["mlp", "lenet5"])),
-    sweep_cli("swept-name", "sweep.space.name: name, sweep.* and tracking.* belong to the whole experiment and cannot be swept",
+    sweep_cli("swept-name", "sweep.space.name: name, plugins, sweep.* and tracking.* belong to the whole experiment and cannot be swept",
               experiment=space(name=["a", "b"])),
-    sweep_cli("swept-sweep-key", "sweep.space.sweep.metric: name, sweep.* and tracking.* belong to the whole experiment",
+    sweep_cli("swept-sweep-key", "sweep.space.sweep.metric: name, plugins, sweep.* and tracking.* belong to the whole experiment",
               experiment=space(sweep__metric=["val_acc"])),
-    sweep_cli("swept-tracking-key", "sweep.space.tracking.wandb: name, sweep.* and tracking.* belong to the whole experiment",
+    sweep_cli("swept-tracking-key", "sweep.space.tracking.wandb: name, plugins, sweep.* and tracking.* belong to the whole experiment",
               experiment=space(tracking__wandb=["offline", "disabled"])),
     sweep_cli("seed-swept-as-a-key", "sweep.space.train.seed: list seeds under sweep.seeds instead", experiment=space(train__seed=[0, 1])),
     sweep_cli("unknown-distribution", "sweep.space.train.lr.dist must be one of uniform, loguniform, randint, choice, got 'gaussian'",
@@ -434,7 +492,7 @@ def test_the_table_covers_enough_distinct_mistakes_each_experiment_mistake_throu
 @pytest.mark.timeout(120)  # a hang (a grid or an alias expanded without end) fails here, not at the suite's limit
 @pytest.mark.parametrize("mistake", [pytest.param(m, marks=pytest.mark.slow, id=m.id) if isinstance(m, Mistake) and m.process
                                      else m for m in MISTAKES], ids=lambda m: m.id)
-def test_a_mistake_is_one_clear_line_a_failure_and_no_files(mistake, tmp_path, monkeypatch, capsys):
+def test_a_mistake_is_one_clear_line_a_failure_and_no_files(mistake, tmp_path, monkeypatch, capsys, plugin_sandbox):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "exp.yaml").write_bytes(experiment_bytes(mistake))
     for path, content in mistake.files.items():

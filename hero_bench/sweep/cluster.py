@@ -23,17 +23,29 @@ def check_address(address):
         raise ConfigError(f"--address {address}: cannot reach the Ray cluster ({exc.strerror or exc}); is `ray start --head` running there?") from None
 
 
-def start_ray(address):
-    """A local Ray of this machine's own (address None), or the cluster at `address`."""
+def start_ray(address, modules=()):
+    """A local Ray of this machine's own (address None), or the cluster at `address`.
+
+    `modules`: plugin modules (hero_bench.plugins.shipped) that Ray ships to every worker of the
+    sweep, on every node, with its runtime environment (`py_modules`: a module file or a package
+    folder, uploaded once and put on each worker's Python path). A Ray started before the sweep
+    keeps its own runtime environment: the modules are not shipped, with a warning.
+    """
+    runtime_env = {"py_modules": list(modules)} if modules else None
     if ray.is_initialized():
+        if modules:
+            warnings.warn(f"Ray was started before this sweep, so the plugin module(s) {', '.join(m.__name__ for m in modules)} "
+                          "are not shipped to its workers; start Ray with runtime_env={'py_modules': [...]}, or let the sweep "
+                          "start it", stacklevel=2)
         return
     if address is None:
         # "local": always a new Ray of this machine's own, never one a `ray start` left running here
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False,
+                 runtime_env=runtime_env)
         return
     check_address(address)
     try:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
     except ConnectionError as exc:
         raise ConfigError(f"--address {address}: {exc}") from None
     total = ray.cluster_resources()

@@ -28,8 +28,11 @@ TRIAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what a trial.json may name (R
 
 
 def check_unchanged(stored, config):
-    """Refuse to resume a sweep with an experiment other than the one it ran (`stored`, a dict)."""
-    old, new = flatten(stored), flatten(json.loads(json.dumps(config.to_dict())))
+    """Refuse to resume a sweep with an experiment other than the one it ran (`stored`, a dict). A
+    section the schema gained since the sweep ran (`plugins`) counts at its default."""
+    defaults = json.loads(json.dumps(type(config)().to_dict()))
+    old = flatten({**{key: value for key, value in defaults.items() if key not in stored}, **stored})
+    new = flatten(json.loads(json.dumps(config.to_dict())))
     changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and not k.startswith(SCHEDULING)]
     if changed:
         shown = ", ".join(f"{k} {old.get(k, 'unset')!r} -> {new.get(k, 'unset')!r}" for k in changed[:5])

@@ -15,7 +15,7 @@ from pathlib import Path
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
-from hero_bench import trials
+from hero_bench import plugins, trials
 from hero_bench.atomic import write_atomic
 from hero_bench.errors import ConfigError, Interrupted
 from hero_bench.results import outputs
@@ -249,7 +249,7 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     sweep = Sweep(config, configs, prepared.space, prepared.num_samples, results_dir,
                   f"{marker['storage'].rstrip('/')}/{config.name}", marker, resume, tuple(callbacks), verbose)
     with console.ray_quiet(verbose):
-        start_ray(address)
+        start_ray(address, plugins.shipped(config.plugins))
         check_resources(config.sweep.resources_per_trial, address)
         lock = folder.prepare(results_dir, resume, overwrite or replaces_shipped, marker)
         if replaces_shipped:

@@ -32,7 +32,7 @@ POINT = "point"  # the axis of a union of grids, and of drawn configurations
 CONTINUES = "continues"  # in a point of a resumed sweep: the id of the trial it continues
 STAGE = "stage"  # in a point of a stage after the grid: its name (hero_bench.sweep.stages)
 MAX_TRIALS = 10_000  # trials of one sweep: more is a typo in a grid (and a long wait before Ray starts)
-UNSWEPT = ("name", "sweep", "tracking")  # sections that are the experiment's, the same for every trial
+UNSWEPT = ("name", "plugins", "sweep", "tracking")  # keys that are the experiment's, the same for every trial
 
 
 @dataclass
@@ -144,7 +144,7 @@ def grid(sweep, spec, where):
 
 def check_value(key, value, where):
     if key.split(".")[0] in UNSWEPT:
-        raise ConfigError(f"{where}: name, sweep.* and tracking.* belong to the whole experiment and cannot be swept")
+        raise ConfigError(f"{where}: name, plugins, sweep.* and tracking.* belong to the whole experiment and cannot be swept")
     try:
         return config_module.check_value(key, value)
     except ConfigError as exc:
