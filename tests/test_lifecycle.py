@@ -28,8 +28,8 @@ import yaml
 from hero_bench import atomic, cli, config as config_module, sweep, trials
 from hero_bench.errors import ConfigError
 from hero_bench.results import leaderboard
-from hero_bench.sweep import folder, resume, trainable
-from hero_bench.sweep.space import CONTINUES, TrialConfigs, search_space
+from hero_bench.sweep import folder, resume, runner, trainable
+from hero_bench.sweep.space import CONTINUES, TrialConfigs, grid_params, search_space, trial_params
 from hero_bench.train import run_trial
 from processes import hero_bench_process, kill_all, wait_for
 from test_reliability import RunsCode, same_rows
@@ -120,6 +120,10 @@ def damage(text, kind):
         fields = lines[7].split(",")
         fields[19] = "n/a"  # test_acc
         return "".join(lines[:7] + [",".join(fields)] + lines[8:]), fields[0]
+    if kind in ("nul-in-a-field", "escape-in-a-field"):
+        fields = lines[4].split(",")
+        fields[4] = fields[4][:2] + ("\x00" if kind == "nul-in-a-field" else "\x1b[31m") + fields[4][2:]  # data.name
+        return "".join(lines[:4] + [",".join(fields)] + lines[5:]), fields[0]
     if kind == "unknown-status":
         return "".join(lines[:9] + [lines[9].replace(",completed,", ",complet,", 1)] + lines[10:]), lines[9].split(",")[0]
     assert kind == "doubled-row"
@@ -127,7 +131,7 @@ def damage(text, kind):
 
 
 @pytest.mark.parametrize("kind", ["row-cut-after-status", "file-cut-mid-number", "garbage-line", "ragged-row",
-                                  "text-in-a-number", "unknown-status", "doubled-row"])
+                                  "text-in-a-number", "nul-in-a-field", "escape-in-a-field", "unknown-status", "doubled-row"])
 def test_a_damaged_row_is_skipped_and_counted_never_half_used(tmp_path, kind):
     text, hurt = damage(FIXTURE.read_text(), kind)
     (tmp_path / "trials.csv").write_text(text)
@@ -170,6 +174,21 @@ def test_a_table_that_cannot_be_read_is_refused_with_one_line(tmp_path, capsys, 
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"hero-bench: error: trials table {tmp_path / 'trials.csv'} ") and expect in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trials.csv"]
+
+
+def test_a_table_of_failed_trials_only_is_readable_and_resume_runs_them_again(tmp_path):
+    """Every trial failed: the table has no metric, yet keeps the columns a trials table needs, and
+    the error column holds each error's last line without its color codes or control characters."""
+    config = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.03, 0.05]}}))
+    configs, space = TrialConfigs(config), search_space(config)
+    error = "Traceback (most recent call last):\n  ...\n\x1b[36mRuntimeError\x1b[39m: boom\x00 at\tonce\n"
+    rows = {f"a_{i}": trials.row(f"a_{i}", configs.get(p), trial_params(p), {}, error) for i, p in enumerate(grid_params(space))}
+    runner.write_rows(tmp_path / "trials.csv", rows)
+    frame, damaged = trials.parse(tmp_path)
+    assert damaged == [] and list(frame["status"]) == ["failed", "failed"]
+    assert list(frame["error"]) == ["RuntimeError: boom  at once"] * 2
+    plan = resume.plan(config, configs, space, tmp_path / "trials.csv", str(tmp_path / "ray" / "rel"), "s1")
+    assert plan.rows == [] and sorted(p[CONTINUES] for p in plan.points) == ["a_0", "a_1"]
 
 
 # --------------------------------------------------------------- 2. the results folder's policy
