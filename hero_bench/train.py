@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hero_bench import data as datasets
-from hero_bench import methods, metrics, models
+from hero_bench import memory, methods, metrics, models
 from hero_bench.config import Config, from_dict
 from hero_bench.errors import ConfigError, DivergedError, HeroBenchError
 
@@ -94,6 +94,7 @@ def build(config, device):
         d.name, seed=t.seed, device=device, root=d.root, download=d.download,
         val_fraction=d.val_fraction, label_noise=d.label_noise, label_noise_kind=d.label_noise_kind, **d.args,
     )
+    memory.check(m, t.batch_size, dataset, device)  # before the model is built: refuses one too big for the device
     torch.manual_seed(t.seed)  # model initialisation is a function of the seed alone
     model = models.create(m.name, dataset.input_shape, dataset.num_classes, **m.args).to(device)
     optimizer = methods.create(o.name, model, o, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
