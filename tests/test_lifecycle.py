@@ -103,6 +103,33 @@ def test_written_files_get_the_mode_the_umask_gives_any_new_file(tmp_path, umask
     assert mode == stat.S_IMODE((tmp_path / "plain.csv").stat().st_mode) == 0o666 & ~umask
 
 
+@pytest.mark.parametrize("link", ["figures", "leaderboard.md", "sweep.lock"])
+def test_nothing_is_written_through_a_symbolic_link_in_a_results_folder(tmp_path, capsys, link):
+    """A `figures` link to a folder, a `leaderboard.md` link to a file, a `sweep.lock` link: refused
+    with one line, and what they point to is untouched (PNGs used to land in the target, over a file
+    there; the lock would have truncated its target)."""
+    results = tmp_path / "results" / "rel"
+    a_sweeps_folder(results)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "heatmap_digits_mlp.png").write_bytes(b"a picture of mine")
+    (elsewhere / "notes.md").write_text("my notes\n")
+    kept = snapshot(elsewhere)
+    if link == "figures":
+        shutil.rmtree(results / "figures")
+    (results / link).symlink_to(elsewhere if link == "figures" else elsewhere / "notes.md")
+    if link == "sweep.lock":
+        with pytest.raises(ConfigError, match=rf"^cannot write {results / link}: {results / link} is a symbolic link"):
+            folder.Lock(results).acquire()
+        assert folder.holder(results) is None
+    else:
+        assert cli.main(["leaderboard", str(results)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("hero-bench: error: cannot write ")
+        assert f": {results / link} is a symbolic link (to {elsewhere if link == 'figures' else elsewhere / 'notes.md'}); " in err[0]
+    assert snapshot(elsewhere) == kept
+
+
 # ------------------------------------------------------------------------ 4. damaged tables
 
 def damage(text, kind):

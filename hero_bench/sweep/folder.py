@@ -19,14 +19,15 @@ import time
 from pathlib import Path
 
 from hero_bench import trials
-from hero_bench.atomic import write_atomic
+from hero_bench.atomic import refuse_links, write_atomic
 from hero_bench.errors import ConfigError, HeroBenchError
 
 MARKER, LOCK = "sweep.json", "sweep.lock"
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # the lock is never opened through a link (its truncation would hit the target)
 FORMAT = "hero-bench sweep"  # sweep.json's "format"
 # Everything a sweep and `hero-bench leaderboard`/`report` write into the folder.
 OUTPUTS = {"trials.csv", "per_config.csv", "leaderboard.csv", "leaderboard.md", "leaderboard.html", "comparisons.csv", "report.md",
-           "figures", "wandb", MARKER, LOCK}
+           "errors.log", "figures", "wandb", MARKER, LOCK}
 
 
 def read_marker(folder):
@@ -64,7 +65,7 @@ def is_sweep(folder):
 def holder(folder):
     """What the lock of a sweep running in `folder` says about it, or None when none runs there."""
     try:
-        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY | NOFOLLOW)
     except OSError:
         return None
     try:
@@ -83,8 +84,9 @@ class Lock:
         self.path, self.fd = Path(folder) / LOCK, None
 
     def acquire(self):
+        refuse_links(self.path)
         while self.fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 # the holder it may have waited for unlinks the file as it releases it

@@ -12,6 +12,7 @@ from pathlib import Path
 from ray import tune
 
 from hero_bench import trials
+from hero_bench.atomic import refuse_links
 from hero_bench.sweep.space import TrialConfigs, trial_id
 
 INIT_TIMEOUT_S = 30  # online mode without network must not stall a trial for wandb's default 90 s
@@ -60,6 +61,7 @@ class WandbTrials(tune.Callback):
     def init(self, **kwargs):
         import wandb
 
+        refuse_links(self.dir)  # W&B writes there: never through a link
         self.dir.mkdir(parents=True, exist_ok=True)
         return wandb.init(
             project=self.tracking.project, entity=self.tracking.entity, group=self.name, dir=str(self.dir),
