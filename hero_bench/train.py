@@ -5,6 +5,7 @@ called once after every epoch with a checkpointable snapshot of the trial (wheth
 caller's decision), and through `resume` (such a snapshot) to continue a trial where it left off. The metric keys are listed in docs/metrics.md.
 """
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -102,6 +103,27 @@ def build(config, device):
     return dataset, model, optimizer
 
 
+def precision(train, device):
+    """The context a trial's forward passes run in: bfloat16 autocast for `train.precision` bf16."""
+    if train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision is 'bf16' but this CUDA device does not support bfloat16; use fp32")
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if train.precision == "bf16" else nullcontext
+
+
+def dry_run(config, device):
+    """What a trial of `config` does on `device` before its first epoch (its data loaded, its model
+    sized and built, its optimizer made), then one optimizer step on one batch: raises what such a
+    trial would raise there. A loss that is NaN from the first step is no mistake: the trial diverges."""
+    autocast = precision(config.train, device)
+    dataset, model, optimizer = build(config, device)
+    batch = config.train.batch_size
+    one_batch = dataclasses.replace(dataset, train_x=dataset.train_x[:batch], train_y=dataset.train_y[:batch])
+    try:
+        train_one_epoch(model, optimizer, one_batch, config, torch.Generator().manual_seed(config.train.seed), autocast)
+    except DivergedError:
+        pass
+
+
 def describe(config):
     """One line naming the trial: its method with the knobs it uses, data, model, epochs, lr, seed."""
     radius, coef = methods.METHODS.get(config.optimizer.name).knobs(config.optimizer.radius, config.optimizer.hessian_coef)
@@ -175,9 +197,7 @@ def run_trial(config, report=None, resume=None, progress=False, gpu_ids=None):
     device = resolve_device(train.device, gpu_ids)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # what names no index ("cuda") lands on this trial's GPU too
-    if train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("train.precision is 'bf16' but this CUDA device does not support bfloat16; use fp32")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if train.precision == "bf16" else nullcontext
+    autocast = precision(train, device)
 
     dataset, model, optimizer = build(config, device)
     scheduler = make_scheduler(optimizer, train)

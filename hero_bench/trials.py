@@ -124,7 +124,8 @@ def error_line(error):
     """The line of an error's text that says what went wrong (its last: a traceback ends with the
     exception), without control characters or color codes, at most 300 characters."""
     lines = ANSI_ESCAPE.sub("", str(error)).strip().splitlines()
-    return CONTROL.sub(" ", lines[-1]).strip()[:300] if lines else "error"
+    line = CONTROL.sub(" ", lines[-1]).strip() if lines else "error"
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def table(rows):

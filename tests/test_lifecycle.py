@@ -6,6 +6,7 @@ pickled state and in a checkpoint, and the mode of the files a sweep writes.
 Every Ray started here is shut down, even when a test fails: the in-process one by the `local_ray`
 fixture, the ones of `hero-bench` subprocesses by killing, by pid, the processes each started.
 """
+import contextlib
 import io
 import json
 import os
@@ -28,7 +29,7 @@ import yaml
 from hero_bench import atomic, cli, config as config_module, sweep, trials
 from hero_bench.errors import ConfigError
 from hero_bench.results import leaderboard
-from hero_bench.sweep import folder, resume, runner, trainable
+from hero_bench.sweep import folder, resume, runner, session, trainable
 from hero_bench.sweep.space import CONTINUES, TrialConfigs, grid_params, search_space, trial_params
 from hero_bench.train import run_trial
 from processes import hero_bench_process, kill_all, wait_for
@@ -413,6 +414,39 @@ def test_resume_unpickles_nothing_from_storage_and_continues_interrupted_trials_
     assert {stat.S_IMODE(p.stat().st_mode) for p in results.rglob("*") if p.is_file()} == {0o640}
 
 
+# ------------------------------------------------- a signal while Ray starts: one line, no Ray left
+
+def named(tree, name):
+    """Whether a process of `tree` (pid -> psutil.Process) is called `name` and still runs."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return any(p.name() == name and p.is_running() for p in list(tree.values()))
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how, when", [("SIGTERM", "gcs_server"), ("SIGINT", "raylet")])
+def test_a_signal_while_ray_starts_ends_with_the_line_and_leaves_no_ray_process(tmp_path, how, when):
+    """SIGTERM to the driver once Ray's first process runs (ray.init has replaced the handler by then),
+    Ctrl-C to its process group once the raylet runs: each ends the sweep with its one line, exit
+    130, no process of its Ray left, nothing written, and no session folder left behind."""
+    write_experiment(tmp_path)
+    with hero_bench_process(["sweep", "exp.yaml", "--storage", "ray"], tmp_path, start_new_session=True) as (proc, collect, tree):
+        assert wait_for(lambda: named(tree, when), proc, collect, timeout=300), (tmp_path / "hero-bench-0.log").read_text()[-3000:]
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        assert wait_for(lambda: proc.poll() is not None, proc, collect, timeout=120)
+        leftover = psutil.wait_procs(list(tree.values()), timeout=10)[1]
+    log = tmp_path / "hero-bench-0.log"
+    assert proc.returncode == 130, log.read_text()[-3000:]
+    assert messages(log) == ["hero-bench: interrupted: 0 of 1 trials finished; nothing was changed: run the same command again"]
+    assert "Traceback" not in log.read_text()
+    assert leftover == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml", "hero-bench-0.log"]
+    assert not list(session.root().glob(f"{proc.pid}-*")), "its Ray session folder was removed"
+
+
 # --------------------------------------------------- 1 and 6: SIGTERM, a sweep Ray alone can resume
 
 @pytest.mark.slow
@@ -431,6 +465,14 @@ def test_sigterm_stops_a_random_search_which_resumes_only_with_trust_storage(tmp
     assert "Traceback" not in log.read_text()
 
     monkeypatch.chdir(tmp_path)
+    # the same file into another results folder and the same storage would mix its trials with this sweep's,
+    # and Ray's state of it would be the one the resume below reads: refused, the storage untouched
+    kept = snapshot(tmp_path / "ray")
+    assert cli.main([*args, "--results", "r_y"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"holds the trials of the sweep {folder.read_marker(tmp_path / 'results' / 'rel')['sweep_id']} of " in err[0]
+    assert snapshot(tmp_path / "ray") == kept and not (tmp_path / "r_y").exists()
+
     assert cli.main([*args, "--resume"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "draws its trials at random" in err[0] and "pass --trust-storage if you trust that folder like any pickle" in err[0]
@@ -541,7 +583,7 @@ def test_resume_runs_the_trials_of_damaged_rows_again_from_their_checkpoints(loc
     same_rows(before[~rerun], after)
 
 
-def test_a_tampered_checkpoint_is_refused_naming_its_file_and_runs_no_code(local_ray, tmp_path):
+def test_a_tampered_checkpoint_is_refused_naming_its_file_and_runs_no_code(local_ray, tmp_path, capfd):
     config = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.03, 0.05]}, "max_failures": 0}))
     run = dict(results_root=tmp_path / "results", storage=str(tmp_path / "ray"))
     sweep.run(config, **run)
@@ -552,10 +594,14 @@ def test_a_tampered_checkpoint_is_refused_naming_its_file_and_runs_no_code(local
     state = max((tmp_path / "ray" / "rel").glob(f"*{victim}*/checkpoint_*/{trainable.STATE_FILE}"))
     marker = tmp_path / "code-ran"
     torch.save({"epoch": 2, "model": RunsCode(marker)}, state)
+    capfd.readouterr()
     frame = sweep.run(config, resume=True, **run)
     row = frame.set_index("trial_id").loc[victim]
     assert row["status"] == "failed" and not marker.exists()
     assert f"UnsafeCheckpointError: checkpoint {state} holds more than tensors" in row["error"]
+    printed = "".join(capfd.readouterr())  # one line, where Ray printed 6 tracebacks
+    failed = [line for line in printed.splitlines() if "] failed " in line]
+    assert "Traceback" not in printed and len(failed) == 1 and f"checkpoint {state} holds more than tensors" in failed[0]
 
 
 def test_asha_lets_a_trial_that_no_rung_stops_run_all_its_epochs(local_ray, tmp_path):

@@ -188,16 +188,19 @@ class TrialConfigs:
         """Build every trial's Config of a grid sweep now, so a combination its factories refuse
         (model.args of another model, a model.args value) fails before Ray starts; the configs are
         kept for the driver. Where Ray draws the trials, every combination of the values the
-        factories read (config.FACTORY_KEYS) is built instead, the other keys at one value each."""
+        factories read (config.FACTORY_KEYS) is built instead, the other keys at one value each.
+        Returns the Configs built."""
         points = grid_params(space)
         if points is None:
             points = grid_params({key: factory_axis(key, spec) for key, spec in space.items()})
+        built = []
         for params in points:
             try:
-                self.get(params)
+                built.append(self.get(params))
             except ConfigError as exc:
                 swept = ", ".join(f"{k}={v}" for k, v in trial_params(params).items() if k != SEED)
                 raise ConfigError(f"sweep.space point {{{swept}}}: {exc}") from None
+        return built
 
 
 def factory_axis(key, spec):
