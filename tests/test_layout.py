@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hero_bench"
-CORE = ("errors", "registry", "atomic", "validation", "yamlfile", "catalog", "rules", "data", "models", "hvp", "methods",
+CORE = ("errors", "registry", "atomic", "validation", "yamlfile", "catalog", "rules", "data", "models", "memory", "hvp", "methods",
         "config", "hessian", "metrics", "train", "trials", "stats")
 # The side that reads trials tables: never torch, so `hero-bench leaderboard` runs wherever pandas does.
 TABLE_SIDE = ("catalog", "rules", "trials", "stats", "results.leaderboard", "results.comparisons", "results.figures",
