@@ -146,6 +146,8 @@ class Progress(tune.Callback):
     """Ray Tune callback in the sweep driver: counts the trials and shows how far the sweep is.
     `errors`: the errors.log that each failure's line points to; `retries`: sweep.max_failures."""
 
+    errors, retries = ERRORS, 0  # what one pickled in Ray's state before they existed goes on with
+
     def __init__(self, total, done, metric, errors=ERRORS, retries=0, stream=None):
         self.stream = stream or sys.stdout
         self.total, self.done, self.failed, self.metric = total, done, 0, metric
