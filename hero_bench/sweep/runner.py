@@ -189,9 +189,11 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     """Run (or resume) a sweep and return its trials table. Writes results/<name>/trials.csv.
 
     Every check (the experiment, its search space, the results folder, what --resume would continue,
-    the Ray address and resources) passes before anything is written or deleted, and the folder is
-    locked for the sweep's lifetime. An interruption (Ctrl-C, SIGTERM) raises Interrupted once every
-    trial that ended is in trials.csv. `trust_storage`: a resume of a sweep with random draws may
+    where it writes and whose the storage folder is, the dry run, the Ray address and resources)
+    passes before anything is written or deleted, as many as can before Ray starts
+    (`check_before_ray`), and the folder is locked for the sweep's lifetime. Ray is shut down when it
+    returns or raises (hero_bench.sweep.cluster.ray_running). An interruption (Ctrl-C, SIGTERM, at any
+    moment) raises Interrupted once every trial that ended is in trials.csv. `trust_storage`: a resume of a sweep with random draws may
     read Ray's pickled experiment state (see hero_bench.sweep.resume).
     `configs`: the sweep's TrialConfigs, when the caller shares them with its `callbacks` (more Ray
     Tune callbacks, such as W&B tracking). `verbose`: Ray's own output as Ray prints it, instead of
