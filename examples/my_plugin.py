@@ -14,7 +14,8 @@ from hero_bench.catalog import Metric, declare
 from hero_bench.data import DATASETS, Source
 from hero_bench.methods import Rule, register
 from hero_bench.metrics import METRICS
-from hero_bench.models import ARG_CHECKS, MODELS, check_width, eval_mode
+from hero_bench.models import ARG_CHECKS, MODELS, WIDTHS, eval_mode
+from hero_bench.validation import integer
 
 
 @DATASETS.register("moons")
@@ -33,7 +34,7 @@ def tanh_mlp(*, input_shape, num_classes, width=32):
                          nn.Linear(width, num_classes))
 
 
-ARG_CHECKS["tanh_mlp"] = {"width": check_width}  # model.args.width: an integer in [1, 65536], checked up front
+ARG_CHECKS["tanh_mlp"] = {"width": integer(WIDTHS)}  # model.args.width: an integer in [1, 65536], checked up front
 
 
 @METRICS.register("confidence")

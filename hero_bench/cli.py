@@ -117,8 +117,6 @@ def cmd_sweep(args):
         overrides.append(f"tracking.wandb={args.wandb}")
     config = config_module.load(experiment_files.resolve(args.file), overrides, args.plugin)  # first: a mistake in the file costs no Ray import
 
-    import ray
-
     from hero_bench import sweep, trials
     from hero_bench.results import outputs
     from hero_bench.sweep import tracking
@@ -127,16 +125,12 @@ def cmd_sweep(args):
     results_dir = Path(args.results) / config.name
     configs = TrialConfigs(config)
     trackers = tracking.callbacks(config, results_dir.resolve(), configs)
-    owns_ray = not ray.is_initialized()  # a Ray the caller started is the caller's to shut down
-    try:
-        frame = sweep.run(config, results_root=args.results, address=args.address, storage=args.storage,
-                          resume=args.resume, overwrite=args.overwrite, configs=configs, callbacks=trackers, verbose=args.verbose)
-        _, skipped = outputs.write(results_dir)
-        for tracker in trackers:
-            tracker.finish_sweep(results_dir)
-    finally:
-        if owns_ray and ray.is_initialized():
-            ray.shutdown()
+    frame = sweep.run(config, results_root=args.results, address=args.address, storage=args.storage,
+                      resume=args.resume, overwrite=args.overwrite, configs=configs, callbacks=trackers,
+                      verbose=args.verbose)  # Ray is shut down when it returns
+    _, skipped = outputs.write(results_dir)
+    for tracker in trackers:
+        tracker.finish_sweep(results_dir)
     if skipped:
         print(f"figures not drawn: {'; '.join(skipped)}")
     print(outputs.summary(results_dir))

@@ -248,9 +248,10 @@ def check_name(key, name):
 
 
 def check_factories(config):
-    """data.args must be keyword arguments of the chosen dataset; model.args keyword arguments of the
-    chosen model, with values it can build; optimizer.args those of the chosen method."""
-    data.DATASETS.check(config.data.name, config.data.args, "data.args", skip=data.FACTORY_ARGS)
+    """data.args must be keyword arguments of the chosen dataset, with values it can load; model.args
+    keyword arguments of the chosen model, with values it can build; optimizer.args those of the
+    chosen method."""
+    data.check_args(config.data.name, config.data.args)
     models.check_args(config.model.name, config.model.args)
     methods.check_args(config.optimizer.name, config.optimizer.args)
 

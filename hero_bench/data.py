@@ -11,6 +11,7 @@ of a seeded fraction of the remaining training samples (docs/metrics.md, "Data s
 import hashlib
 import io
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from hero_bench.atomic import write_atomic
 from hero_bench.errors import ConfigError, DatasetNotFoundError
 from hero_bench.registry import Registry, call_problem
+from hero_bench.validation import boolean, integer, integers, number
 
 FACTORY_ARGS = ("root", "download")  # what load() gives every dataset factory; data.args gives the rest
 DATASETS = Registry("dataset", check=lambda factory: call_problem(factory, keywords=FACTORY_ARGS))
@@ -28,6 +30,7 @@ DATASETS = Registry("dataset", check=lambda factory: call_problem(factory, keywo
 CROP_PADDING = 4  # pixels of padding for random crops, the standard CIFAR recipe
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # fixed so every trial sees the same digits test set
+MAX_SYNTHETIC_VALUES = 2**28  # synthetic data drawn at once: 1 GiB of float32
 
 
 @dataclass
@@ -176,10 +179,9 @@ def load(name, *, seed=0, device="cpu", root=None, download=False, val_fraction=
     The split and the noisy labels are pure functions of `seed` (separate random streams, so the
     split does not change with label_noise); validation and test labels stay clean.
     `dataset_args` go to the dataset's factory (e.g. num_samples for synthetic, augment for cifar10).
-    The values are trusted (the experiment schema checks them); only the factory's keywords are
-    checked here.
+    The values are checked here as the experiment schema checks them (`check_args`).
     """
-    DATASETS.check(name, dataset_args, "data.args", skip=FACTORY_ARGS)
+    check_args(name, dataset_args)
     root = default_root() if root is None else Path(root).expanduser()
     source = DATASETS.get(name)(root=root, download=download, **dataset_args)
 
@@ -220,6 +222,13 @@ def load(name, *, seed=0, device="cpu", root=None, download=False, val_fraction=
         flip=source.flip,
         label_noise_realized=float(np.mean(noisy != clean)),
     )
+
+
+def check_args(name, dataset_args):
+    """Refuse data.args that dataset `name` cannot be loaded with, before anything is loaded (the
+    schema calls this for the experiment and for every sweep trial): keywords its factory does not
+    take, and values its entry in ARG_CHECKS refuses (type, range, NaN)."""
+    DATASETS.check(name, dataset_args, "data.args", skip=FACTORY_ARGS, values=ARG_CHECKS)
 
 
 def _images(array, channels_last):
@@ -351,6 +360,8 @@ def mnist1d(*, root, download, num_samples=5000, train_split=0.8, template_len=1
     separate from the trial seed. The arrays are cached under root/mnist1d/, one file per set of
     arguments, as plain arrays (no pickle).
     """
+    if padding[0] > padding[1]:
+        raise ConfigError(f"data.args.padding must be [low, high] with low <= high, got {list(padding)}")
     args = dict(num_samples=num_samples, train_split=train_split, template_len=template_len, padding=list(padding),
                 scale_coeff=scale_coeff, max_translation=max_translation, corr_noise_scale=corr_noise_scale,
                 iid_noise_scale=iid_noise_scale, shear_scale=shear_scale, shuffle_seq=shuffle_seq,
@@ -392,11 +403,13 @@ def synthetic(*, root, download, input_shape=(1, 8, 8), num_classes=10, num_samp
     Labels are balanced; everything is drawn from data_seed (not the trial seed), so the test set is
     the same for every trial.
     """
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ConfigError(f"data.args.input_shape must be [C, H, W] with positive sizes, got {list(input_shape)}")
-    if num_classes < 2 or min(num_samples, num_test) < num_classes:
+    values = (num_samples + num_test) * math.prod(input_shape)
+    if values > MAX_SYNTHETIC_VALUES:
+        raise ConfigError(f"data.args: synthetic data of (num_samples + num_test) x input_shape = {values:,} values; at most "
+                          f"{MAX_SYNTHETIC_VALUES:,} (1 GiB of float32): lower data.args.num_samples, num_test or input_shape")
+    if min(num_samples, num_test) < num_classes:
         raise ConfigError(
-            f"data.args.num_classes must be >= 2 and data.args.num_samples, data.args.num_test >= num_classes, "
+            f"data.args.num_samples and data.args.num_test must be >= data.args.num_classes, "
             f"got {num_classes}, {num_samples}, {num_test}"
         )
     g = torch.Generator().manual_seed(data_seed)
@@ -408,3 +421,20 @@ def synthetic(*, root, download, input_shape=(1, 8, 8), num_classes=10, num_samp
         return class_sep * means[y] + torch.randn(n, *shape, generator=g), y
 
     return Source(*draw(num_samples), *draw(num_test), num_classes=num_classes)
+
+
+# dataset name -> {data.args keyword: check(key, value)}: the values a factory cannot load with (type,
+# range, NaN), refused by check_args before anything is loaded. Bounds sit where a larger value is a
+# typo. A new dataset with arguments adds its entry here.
+SEED, SAMPLES, SCALE = integer("[0, 4294967295]"), integer("[1, 1048576]"), number("[0, 1000]")
+ARG_CHECKS = {
+    "cifar10": {"augment": boolean},
+    "cifar100": {"augment": boolean},
+    "svhn": {"augment": boolean},
+    "mnist1d": {"num_samples": integer("[10, 1048576]"), "train_split": number("(0, 1)"), "template_len": integer("[1, 10000]"),
+                "padding": integers("[0, 10000]", length=2), "scale_coeff": SCALE, "max_translation": integer("[1, 10000]"),
+                "corr_noise_scale": SCALE, "iid_noise_scale": SCALE, "shear_scale": SCALE, "shuffle_seq": boolean,
+                "final_seq_length": integer("[1, 10000]"), "data_seed": SEED},
+    "synthetic": {"input_shape": integers("[1, 4096]", length=3), "num_classes": integer("[2, 100000]"), "num_samples": SAMPLES,
+                  "num_test": SAMPLES, "class_sep": number("[0, inf)"), "data_seed": SEED},
+}

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from hero_bench.errors import ConfigError
 from hero_bench.registry import Registry, call_problem
+from hero_bench.validation import integer, integers
 
 FACTORY_ARGS = ("input_shape", "num_classes")  # what create() gives every model factory; model.args the rest
 MODELS = Registry("model", check=lambda factory: call_problem(factory, keywords=FACTORY_ARGS))
@@ -41,26 +42,7 @@ def check_args(name, model_args):
     """Refuse model.args that model `name` cannot be built with, before anything is built (the
     schema calls this for the experiment and for every sweep trial): keywords its factory does not
     take, and values its entry in ARG_CHECKS refuses."""
-    MODELS.check(name, model_args, "model.args", skip=FACTORY_ARGS)
-    for arg, value in model_args.items():
-        if arg in ARG_CHECKS.get(name, {}):
-            ARG_CHECKS[name][arg](f"model.args.{arg}", value)
-
-
-def _is_width(value):
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WIDTH
-
-
-def check_widths(key, value):
-    """A list of layer widths, each an integer in [1, MAX_WIDTH]."""
-    if not isinstance(value, (list, tuple)) or not all(_is_width(w) for w in value):
-        raise ConfigError(f"{key} must be a list of integers in [1, {MAX_WIDTH}], got {value!r:.80}")
-
-
-def check_width(key, value):
-    """One layer width: an integer in [1, MAX_WIDTH]."""
-    if not _is_width(value):
-        raise ConfigError(f"{key} must be an integer in [1, {MAX_WIDTH}], got {value!r:.80}")
+    MODELS.check(name, model_args, "model.args", skip=FACTORY_ARGS, values=ARG_CHECKS)
 
 
 def needs_image(name, input_shape):
@@ -249,7 +231,8 @@ def mobilenet_v2(*, input_shape, num_classes):
 # model name -> {model.args keyword: check(key, value)}: the values a factory cannot build with,
 # refused by check_args before any trial starts. A model with arguments adds its entry, a plugin's
 # model too (docs/extending.md).
+WIDTHS = f"[1, {MAX_WIDTH}]"
 ARG_CHECKS = {
-    "mlp": {"hidden": check_widths},
-    "mnist1d_cnn": {"channels": check_width},
+    "mlp": {"hidden": integers(WIDTHS)},
+    "mnist1d_cnn": {"channels": integer(WIDTHS)},
 }

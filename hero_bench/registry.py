@@ -97,11 +97,16 @@ class Registry:
         self.get(name)
         return self._origins[name]
 
-    def check(self, name, kwargs, key=None, skip=()):
+    def check(self, name, kwargs, key=None, skip=(), values=None):
         """Refuse `kwargs` that the factory of `name` does not take (other than the `skip` ones, which
-        the caller supplies); `key` is their dotted config section, e.g. model.args."""
+        the caller supplies); `key` is their dotted config section, e.g. model.args. `values`: name ->
+        {argument: check(dotted key, value)}, the checks of the values each factory takes."""
         where = f"{key}.{{}}" if key else "{!r}"
         check_keywords(self.get(name), kwargs, f"{where} is not an option of {self.kind} {name!r}", skip)
+        checks = (values or {}).get(name, {})
+        for arg, value in kwargs.items():
+            if arg in checks:
+                checks[arg](where.format(arg), value)
 
     def create(self, name, *args, **kwargs):
         """factory(*args, **kwargs), after the keyword check."""

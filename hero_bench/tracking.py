@@ -17,6 +17,7 @@ import os
 import warnings
 
 from hero_bench import trials
+from hero_bench.atomic import refuse_links
 from hero_bench.errors import HeroBenchWarning
 
 INIT_TIMEOUT_S = 30  # online mode without network must not stall a trial for wandb's default 90 s
@@ -57,6 +58,7 @@ def init(tracking, *, mode, folder, **kwargs):
     (a sweep driver holds one per running trial), no console capture, no W&B lines in the terminal."""
     import wandb
 
+    refuse_links(folder)  # W&B writes there: never through a link
     folder.mkdir(parents=True, exist_ok=True)
     return wandb.init(
         project=tracking.project, entity=tracking.entity, dir=str(folder), mode=mode, reinit="create_new",

@@ -5,6 +5,7 @@ called once after every epoch with a checkpointable snapshot of the trial (wheth
 caller's decision), and through `resume` (such a snapshot) to continue a trial where it left off. The metric keys are listed in docs/metrics.md.
 """
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hero_bench import data as datasets
-from hero_bench import methods, metrics, models
+from hero_bench import memory, methods, metrics, models
 from hero_bench.config import Config, from_dict
 from hero_bench.errors import ConfigError, DivergedError, HeroBenchError
 
@@ -94,11 +95,33 @@ def build(config, device):
         d.name, seed=t.seed, device=device, root=d.root, download=d.download,
         val_fraction=d.val_fraction, label_noise=d.label_noise, label_noise_kind=d.label_noise_kind, **d.args,
     )
+    memory.check(m, t.batch_size, dataset, device)  # before the model is built: refuses one too big for the device
     torch.manual_seed(t.seed)  # model initialisation is a function of the seed alone
     model = models.create(m.name, dataset.input_shape, dataset.num_classes, **m.args).to(device)
     optimizer = methods.create(o.name, model, o, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                                nesterov=t.nesterov, steps_per_epoch=math.ceil(len(dataset.train_y) / t.batch_size))
     return dataset, model, optimizer
+
+
+def precision(train, device):
+    """The context a trial's forward passes run in: bfloat16 autocast for `train.precision` bf16."""
+    if train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision is 'bf16' but this CUDA device does not support bfloat16; use fp32")
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if train.precision == "bf16" else nullcontext
+
+
+def dry_run(config, device):
+    """What a trial of `config` does on `device` before its first epoch (its data loaded, its model
+    sized and built, its optimizer made), then one optimizer step on one batch: raises what such a
+    trial would raise there. A loss that is NaN from the first step is no mistake: the trial diverges."""
+    autocast = precision(config.train, device)
+    dataset, model, optimizer = build(config, device)
+    batch = config.train.batch_size
+    one_batch = dataclasses.replace(dataset, train_x=dataset.train_x[:batch], train_y=dataset.train_y[:batch])
+    try:
+        train_one_epoch(model, optimizer, one_batch, config, torch.Generator().manual_seed(config.train.seed), autocast)
+    except DivergedError:
+        pass
 
 
 def describe(config):
@@ -174,9 +197,7 @@ def run_trial(config, report=None, resume=None, progress=False, gpu_ids=None):
     device = resolve_device(train.device, gpu_ids)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # what names no index ("cuda") lands on this trial's GPU too
-    if train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("train.precision is 'bf16' but this CUDA device does not support bfloat16; use fp32")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if train.precision == "bf16" else nullcontext
+    autocast = precision(train, device)
 
     dataset, model, optimizer = build(config, device)
     scheduler = make_scheduler(optimizer, train)

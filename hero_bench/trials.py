@@ -59,6 +59,9 @@ NOT_METRICS = {
 }
 # A dotted YAML key: every part starts with a letter. `weight_noise_acc_0.01` is a metric, not a key.
 _DOTTED_KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+# Control characters (NUL, escape, ...): hero-bench never writes one into the table, so a row with one is damaged.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # a color code in the text of an error
 
 
 class TrialsNotFoundError(HeroBenchError, FileNotFoundError):
@@ -123,7 +126,7 @@ def row(trial_id, config, params, result=None, error=None, stage=TUNE):
     out.update({k: v for k, v in result.items()
                 if k not in NOT_METRICS and k not in out and (v is None or is_number(v) or is_text(k))})
     if error:
-        out[ERROR] = str(error).strip().splitlines()[-1][:300] if str(error).strip() else "error"
+        out[ERROR] = error_line(error)
     return out
 
 
@@ -136,15 +139,22 @@ def trial_status(config, result, error=None):
     if result.get("epoch", 0) < config.train.total_epochs:
         return "stopped"  # ended early by the scheduler (ASHA)
     return "completed"
+def error_line(error):
+    """The line of an error's text that says what went wrong (its last: a traceback ends with the
+    exception), without control characters or color codes, at most 300 characters."""
+    lines = ANSI_ESCAPE.sub("", str(error)).strip().splitlines()
+    line = CONTROL.sub(" ", lines[-1]).strip() if lines else "error"
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def table(rows):
     """The trials table of `rows` (dicts from `row`), the same for the same rows whatever order
     trials ended in: rows by trial id, columns in the order of the first completed row (a diverged or
-    failed trial reports fewer metrics, in another order), then any other column in order of appearance."""
+    failed trial reports fewer metrics, in another order), then any other column in order of
+    appearance, then any REQUIRED column no row has (a table of failed trials only is still one)."""
     rows = sorted(rows, key=lambda r: str(r[TRIAL_ID]))
     first = sorted(rows, key=lambda r: r[STATUS] != "completed")
-    return pd.DataFrame(rows, columns=list(dict.fromkeys(k for r in first for k in r)))
+    return pd.DataFrame(rows, columns=list(dict.fromkeys([*(k for r in first for k in r), *REQUIRED])))
 
 
 def is_text(column):
@@ -183,7 +193,8 @@ def parse(path):
 
     hero-bench writes every row with as many fields as the header, so a row with more or fewer was
     cut off or garbled. A valid row also has a trial_id seen once, a known status, numbers in every
-    numeric column, and a completed row has its val_acc and test_acc. Fails (HeroBenchError, one
+    numeric column, no control character in any field (hero-bench writes none: a NUL byte is
+    garbage), and a completed row has its val_acc and test_acc. Fails (HeroBenchError, one
     line) only when the file as a whole cannot be read: missing, not UTF-8 text, or a header without
     the required columns."""
     csv_path = path_of(path)
@@ -220,7 +231,7 @@ def parse(path):
 
 
 def fields(line):
-    """A CSV line's fields, or None when it is not CSV (a NUL byte, an open quote)."""
+    """A CSV line's fields, or None when it is not CSV (an open quote)."""
     try:
         return next(csv.reader([line], strict=True))
     except (csv.Error, StopIteration):
@@ -231,6 +242,9 @@ def row_problem(values, header, numeric, seen):
     """Why a row of the table is damaged, or None."""
     if values is None:
         return "not CSV"
+    controls = [match.group() for match in map(CONTROL.search, values) if match]
+    if controls:
+        return f"control character {controls[0]!r} in a field"
     if len(values) != len(header):
         return f"{len(values)} fields where the header has {len(header)}"
     cells = dict(zip(header, values))

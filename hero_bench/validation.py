@@ -6,7 +6,8 @@ rule once, in its metadata: `within("[0, 1)")` for a range of numbers, `one_of(.
 applies every field's rule; `walk` follows a dotted key (`optimizer.radius`) through the schema and
 is what `check_value` and `set_dotted` share. Every float must be finite and within float32's range
 (what reaches torch is float32), every int a plain integer (not a bool). Free-form mappings (a
-`dict` field such as model.args) are left to their owner to check.
+`dict` field such as model.args) are left to their owner to check, with the checks of one keyword
+argument made here (`integer`, `integers`, `number`, `boolean`).
 """
 import dataclasses
 import math
@@ -48,6 +49,48 @@ def within(interval, default=dataclasses.MISSING, **kwargs):
 def one_of(choices, default=dataclasses.MISSING, **kwargs):
     """A dataclass field whose value must be one of `choices`."""
     return dataclasses.field(default=default, metadata={"choices": tuple(choices)}, **kwargs)
+
+
+def integer(interval):
+    """The check of a factory's keyword argument (model.args, data.args) that must be one integer in
+    `interval`: check(dotted key, value) raises ConfigError naming the key."""
+    allowed = Range.parse(interval)
+
+    def check(key, value):
+        if not _integer_in(value, allowed):
+            raise ConfigError(f"{key} must be an integer in {interval}, got {show(value)}")
+    return check
+
+
+def integers(interval, length=None):
+    """The check of a list of integers in `interval` (of `length` of them, when given)."""
+    allowed, count = Range.parse(interval), "" if length is None else f"{length} "
+
+    def check(key, value):
+        if not (isinstance(value, (list, tuple)) and (length is None or len(value) == length)
+                and all(_integer_in(v, allowed) for v in value)):
+            raise ConfigError(f"{key} must be a list of {count}integers in {interval}, got {show(value)}")
+    return check
+
+
+def number(interval):
+    """The check of a finite number (within float32's range) in `interval`."""
+    allowed = Range.parse(interval)
+
+    def check(key, value):
+        if finite(value) is None or value not in allowed:
+            raise ConfigError(f"{key} must be a number in {interval}, got {show(value)}")
+    return check
+
+
+def boolean(key, value):
+    """The check of true or false."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {show(value)}")
+
+
+def _integer_in(value, allowed):
+    return isinstance(value, int) and not isinstance(value, bool) and value in allowed
 
 
 def show(value):

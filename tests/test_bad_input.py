@@ -203,7 +203,22 @@ MISTAKES = [
           "--set", "model.args.hidden=[1000000000]"),
     *both("cnn-channels-zero", "model.args.channels must be an integer in [1, 65536], got 0",
           experiment={"model": {"name": "mnist1d_cnn", "args": {"channels": 0}}}),
-    train("missing-torchvision-dataset", ("cifar10 files not found or corrupted under missing/cifar-10-batches-py", "set data.download: true"),
+    *both("data-args-not-a-number", "data.args.num_samples must be an integer in [1, 1048576], got 'abc'", "--set", "data.args.num_samples=abc"),
+    *both("data-args-a-hundred-million-samples", "data.args.num_samples must be an integer in [1, 1048576], got 100000000",
+          "--set", "data.args.num_samples=100000000"),
+    *both("data-args-nan", "data.args.class_sep must be a number in [0, inf), got nan", "--set", "data.args.class_sep=.nan"),
+    *both("data-args-shape-of-two", "data.args.input_shape must be a list of 3 integers in [1, 4096], got [3, 32]",
+          "--set", "data.args.input_shape=[3, 32]"),
+    *both("data-args-augment-as-text", "data.args.augment must be true or false, got 'yes'",
+          experiment={"data": {"name": "cifar10", "root": "missing", "args": {"augment": "yes"}}}),
+    *both("data-args-mnist1d-padding-reversed", "data.args.padding must be [low, high] with low <= high, got [60, 36]",
+          experiment={"data": {"name": "mnist1d", "root": "cache", "args": {"padding": [60, 36]}}}),
+    *both("data-args-mnist1d-no-translation", "data.args.max_translation must be an integer in [1, 10000], got 0",
+          experiment={"data": {"name": "mnist1d", "args": {"max_translation": 0}}}),
+    # the dry run, before Ray: what only loading the data, building the model or a step shows
+    *both("data-args-a-gigabyte-of-synthetic-data", ("data.args: synthetic data of (num_samples + num_test) x input_shape = "
+          "3,222,761,472 values; at most 268,435,456"), "--set", "data.args.num_samples=1048576", "--set", "data.args.input_shape=[3, 32, 32]"),
+    *both("missing-torchvision-dataset", ("cifar10 files not found or corrupted under missing/cifar-10-batches-py", "set data.download: true"),
           experiment={"data": {"name": "cifar10", "root": "missing", "args": {}}}),
     # ---------------------------------------------------------------- plugins (docs/extending.md)
     *both("plugin-missing", ("plugin nowhere: no module nowhere in ", "or on Python's path"), experiment={"plugins": ["nowhere"]}),
@@ -252,6 +267,14 @@ MISTAKES = [
                                     "sweep": {"space": {"model.args.width": [8, 0]}}}, {"my_plugin.py": EXAMPLE_PLUGIN}),
     sweep_cli("swept-plugins", "sweep.space.plugins: name, plugins, sweep.* and tracking.* belong to the whole experiment",
               experiment=space(plugins=[["my_plugin"]])),
+    *both("mnist-files-missing", ("mnist files not found or corrupted under missing/MNIST/raw", "set data.download: true"),
+          experiment={"data": {"name": "mnist", "root": "missing", "args": {}}}),
+    *both("val-fraction-leaves-no-training-data", "data.val_fraction=0.9999 leaves an empty split of the 256 training samples",
+          "--set", "data.val_fraction=0.9999"),
+    *[pytest.param(m, marks=NO_GPU, id=m.id) for m in both("device-cuda-without-a-gpu", "train.device is 'cuda' but", "--set", "train.device=cuda")],
+    *both("model-of-34-gigabytes", ("model mlp (model.args.hidden=[65536, 65536, 65536]) has 8,591,376,387 parameters: with the "
+                                     "activations of a batch of 32 (train.batch_size) and the data, a trial needs about 160.2 GiB, more than 90% of "),
+          "--set", "model.args.hidden=[65536, 65536, 65536]"),
     # ---------------------------------------------------------------- numbers: types, finiteness, ranges
     *both("label-noise-one", "data.label_noise must be in [0, 1), got 1.0", experiment={"data": {"label_noise": 1.0}}),
     *both("label-noise-flag", "data.label_noise must be in [0, 1), got 1.5", "--set", "data.label_noise=1.5"),
@@ -271,6 +294,12 @@ MISTAKES = [
     *both("momentum-nan", "train.momentum must be a finite number, got nan", "--set", "train.momentum=.nan"),
     *both("momentum-one", "train.momentum must be in [0, 1), got 1.0", "--set", "train.momentum=1"),
     *both("weight-decay-inf", "train.weight_decay must be a finite number, got inf", "--set", "train.weight_decay=.inf"),
+    # what torch keeps in float32 overflows past 3.4e38: such a number is refused, and lr and weight decay stop far below
+    *both("lr-beyond-float32", "train.lr must be a finite number within float32's range (|x| <= 3.4e38), got 1e+39", "--set", "train.lr=1e39"),
+    *both("lr-at-float32-max", "train.lr must be in (0, 1000], got 3.4e+38", "--set", "train.lr=3.4e38"),
+    *both("weight-decay-beyond-float32", "train.weight_decay must be a finite number within float32's range", "--set", "train.weight_decay=3.5e38"),
+    *both("weight-decay-above-1000", "train.weight_decay must be in [0, 1000], got 1001.0", "--set", "train.weight_decay=1001"),
+    *both("radius-beyond-float32", "optimizer.radius must be a finite number or null within float32's range", "--set", "optimizer.radius=1e39"),
     *both("weight-decay-negative-inf", "train.weight_decay must be a finite number, got -inf", experiment={"train": {"weight_decay": float("-inf")}}),
     *both("lr-steps-nan", "train.lr_steps must be a finite number, got nan", "--set", "train.lr_steps=[.nan]"),
     *both("lr-step-negative", "train.lr_steps must be in (0, 1), got -3.0", "--set", "train.lr_steps=[-3.0]"),
@@ -399,6 +428,10 @@ MISTAKES = [
     sweep_cli("max-concurrent-zero", "sweep.max_concurrent_trials must be in [1, inf), got 0", "--max-concurrent", "0"),
     sweep_cli("unknown-wandb-mode", ("argument --wandb: invalid choice: 'bogus'", "'offline', 'online', 'disabled'"), "--wandb", "bogus", usage=True),
     sweep_cli("resume-with-nothing-to-resume", ("--resume: nothing to resume", "run without --resume first"), "--resume"),
+    sweep_cli("cpus-the-machine-lacks", ("sweep.resources_per_trial.cpu is 100000 but the Ray cluster has ", "CPUs; lower it"),
+              "--set", "sweep.resources_per_trial.cpu=100000"),
+    Mistake("results-names-a-file", ("cannot write to ", "afile/bad: Not a directory; choose another parent folder with --results"),
+            ("sweep", "exp.yaml", "--results", "afile"), files={"afile": "a file, not a folder\n"}),
     sweep_cli("address-not-host-port", "--address must be 'auto', host:port or ray://host:port, got 'nowhere'", "--address", "nowhere"),
     sweep_cli("address-unreachable", ("--address 127.0.0.1:1: cannot reach the Ray cluster", "is `ray start --head` running there?"),
               "--address", "127.0.0.1:1"),
@@ -485,8 +518,8 @@ def test_the_table_covers_enough_distinct_mistakes_each_experiment_mistake_throu
     assert len(ids) == len(set(ids)) >= 250
     through_train = {i.removeprefix("train:") for i in ids if i.startswith("train:")}
     assert all(f"sweep:{i}" in ids for i in through_train)
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert f"holds {len(ids)} such cases; {len(through_train)} mistakes in the experiment run through both" in readme
+    failures = (Path(__file__).parents[1] / "docs" / "failures.md").read_text()
+    assert f"holds {len(ids)} such cases; {len(through_train)} mistakes in the experiment run through both" in failures
 
 
 @pytest.mark.timeout(120)  # a hang (a grid or an alias expanded without end) fails here, not at the suite's limit

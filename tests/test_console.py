@@ -66,7 +66,7 @@ class Terminal(io.StringIO):
 def test_on_a_terminal_progress_is_one_bar_of_done_running_and_failed():
     terminal = Terminal()
     progress = console.Progress(total=4, done=1, metric="val_acc", stream=terminal)  # one finished before a resume
-    trials = [SimpleNamespace(trial_id=f"t{i}", config={"train.lr": 0.1, "train.seed": i},
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"train.lr": 0.1, "train.seed": i}, error_file=None,
                               last_result={"status": "completed", "val_acc": 90.0, "test_acc": 89.0}) for i in range(3)]
     for trial in trials:
         progress.on_trial_start(0, trials, trial)
@@ -74,7 +74,9 @@ def test_on_a_terminal_progress_is_one_bar_of_done_running_and_failed():
     progress.on_trial_error(2, trials, trials[1])
     assert (progress.bar.n, progress.done, progress.failed, len(progress.running)) == (3, 3, 1, 1)
     assert "running 1, failed 1" in terminal.getvalue() and "3/4" in terminal.getvalue()
-    assert "completed" not in terminal.getvalue()  # no per-trial lines on a terminal: the bar says it
+    assert "completed" not in terminal.getvalue()  # no per-trial lines on a terminal: the bar says it ...
+    failed = [line for line in terminal.getvalue().splitlines() if "] failed " in line]  # ... but a failure is a line above it
+    assert len(failed) == 1 and "train.lr=0.1 train.seed=1" in failed[0] and failed[0].endswith(": error; traceback in errors.log")
     progress.close()
 
 

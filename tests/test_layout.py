@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hero_bench"
-CORE = ("errors", "registry", "atomic", "validation", "yamlfile", "catalog", "rules", "plugins", "data", "models", "hvp",
-        "methods", "config", "hessian", "metrics", "train", "trials", "stats")
+CORE = ("errors", "registry", "atomic", "validation", "yamlfile", "catalog", "rules", "plugins", "data", "models", "memory",
+        "hvp", "methods", "config", "hessian", "metrics", "train", "trials", "stats")
 # The side that reads trials tables: never torch, so `hero-bench leaderboard` runs wherever pandas does.
 TABLE_SIDE = ("catalog", "rules", "plugins", "trials", "stats", "results.leaderboard", "results.comparisons", "results.figures",
               "results.report", "results.outputs")

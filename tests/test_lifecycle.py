@@ -6,6 +6,7 @@ pickled state and in a checkpoint, and the mode of the files a sweep writes.
 Every Ray started here is shut down, even when a test fails: the in-process one by the `local_ray`
 fixture, the ones of `hero-bench` subprocesses by killing, by pid, the processes each started.
 """
+import contextlib
 import io
 import json
 import os
@@ -29,8 +30,8 @@ import yaml
 from hero_bench import atomic, cli, config as config_module, sweep, trials
 from hero_bench.errors import ConfigError
 from hero_bench.results import leaderboard
-from hero_bench.sweep import folder, resume, trainable
-from hero_bench.sweep.space import CONTINUES, TrialConfigs, points as sweep_points, search_space
+from hero_bench.sweep import folder, resume, runner, session, trainable
+from hero_bench.sweep.space import CONTINUES, TrialConfigs, grid_params, points as sweep_points, search_space, trial_params
 from hero_bench.train import run_trial
 from processes import hero_bench_process, kill_all, wait_for
 from test_reliability import RunsCode, same_rows
@@ -118,6 +119,33 @@ def test_written_files_get_the_mode_the_umask_gives_any_new_file(tmp_path, umask
     assert mode == stat.S_IMODE((tmp_path / "plain.csv").stat().st_mode) == 0o666 & ~umask
 
 
+@pytest.mark.parametrize("link", ["figures", "leaderboard.md", "sweep.lock"])
+def test_nothing_is_written_through_a_symbolic_link_in_a_results_folder(tmp_path, capsys, link):
+    """A `figures` link to a folder, a `leaderboard.md` link to a file, a `sweep.lock` link: refused
+    with one line, and what they point to is untouched (PNGs used to land in the target, over a file
+    there; the lock would have truncated its target)."""
+    results = tmp_path / "results" / "rel"
+    a_sweeps_folder(results)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "heatmap_digits_mlp.png").write_bytes(b"a picture of mine")
+    (elsewhere / "notes.md").write_text("my notes\n")
+    kept = snapshot(elsewhere)
+    if link == "figures":
+        shutil.rmtree(results / "figures")
+    (results / link).symlink_to(elsewhere if link == "figures" else elsewhere / "notes.md")
+    if link == "sweep.lock":
+        with pytest.raises(ConfigError, match=rf"^cannot write {results / link}: {results / link} is a symbolic link"):
+            folder.Lock(results).acquire()
+        assert folder.holder(results) is None
+    else:
+        assert cli.main(["leaderboard", str(results)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("hero-bench: error: cannot write ")
+        assert f": {results / link} is a symbolic link (to {elsewhere if link == 'figures' else elsewhere / 'notes.md'}); " in err[0]
+    assert snapshot(elsewhere) == kept
+
+
 # ------------------------------------------------------------------------ 4. damaged tables
 
 def damage(text, kind):
@@ -135,6 +163,10 @@ def damage(text, kind):
         fields = lines[7].split(",")
         fields[19] = "n/a"  # test_acc
         return "".join(lines[:7] + [",".join(fields)] + lines[8:]), fields[0]
+    if kind in ("nul-in-a-field", "escape-in-a-field"):
+        fields = lines[4].split(",")
+        fields[4] = fields[4][:2] + ("\x00" if kind == "nul-in-a-field" else "\x1b[31m") + fields[4][2:]  # data.name
+        return "".join(lines[:4] + [",".join(fields)] + lines[5:]), fields[0]
     if kind == "unknown-status":
         return "".join(lines[:9] + [lines[9].replace(",completed,", ",complet,", 1)] + lines[10:]), lines[9].split(",")[0]
     assert kind == "doubled-row"
@@ -142,7 +174,7 @@ def damage(text, kind):
 
 
 @pytest.mark.parametrize("kind", ["row-cut-after-status", "file-cut-mid-number", "garbage-line", "ragged-row",
-                                  "text-in-a-number", "unknown-status", "doubled-row"])
+                                  "text-in-a-number", "nul-in-a-field", "escape-in-a-field", "unknown-status", "doubled-row"])
 def test_a_damaged_row_is_skipped_and_counted_never_half_used(tmp_path, kind):
     text, hurt = damage(FIXTURE.read_text(), kind)
     (tmp_path / "trials.csv").write_text(text)
@@ -185,6 +217,21 @@ def test_a_table_that_cannot_be_read_is_refused_with_one_line(tmp_path, capsys, 
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"hero-bench: error: trials table {tmp_path / 'trials.csv'} ") and expect in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trials.csv"]
+
+
+def test_a_table_of_failed_trials_only_is_readable_and_resume_runs_them_again(tmp_path):
+    """Every trial failed: the table has no metric, yet keeps the columns a trials table needs, and
+    the error column holds each error's last line without its color codes or control characters."""
+    config = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.03, 0.05]}}))
+    configs, space = TrialConfigs(config), search_space(config)
+    error = "Traceback (most recent call last):\n  ...\n\x1b[36mRuntimeError\x1b[39m: boom\x00 at\tonce\n"
+    rows = {f"a_{i}": trials.row(f"a_{i}", configs.get(p), trial_params(p), {}, error) for i, p in enumerate(grid_params(space))}
+    runner.write_rows(tmp_path / "trials.csv", rows)
+    frame, damaged = trials.parse(tmp_path)
+    assert damaged == [] and list(frame["status"]) == ["failed", "failed"]
+    assert list(frame["error"]) == ["RuntimeError: boom  at once"] * 2
+    plan = resume.plan(configs, sweep_points(space, 1), tmp_path / "trials.csv", str(tmp_path / "ray" / "rel"), "s1")
+    assert plan.rows == [] and sorted(p[CONTINUES] for p in plan.points) == ["a_0", "a_1"]
 
 
 # --------------------------------------------------------------- 2. the results folder's policy
@@ -412,10 +459,43 @@ def test_resume_unpickles_nothing_from_storage_and_continues_interrupted_trials_
     assert {stat.S_IMODE(p.stat().st_mode) for p in results.rglob("*") if p.is_file()} == {0o640}
 
 
+# ------------------------------------------------- a signal while Ray starts: one line, no Ray left
+
+def named(tree, name):
+    """Whether a process of `tree` (pid -> psutil.Process) is called `name` and still runs."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return any(p.name() == name and p.is_running() for p in list(tree.values()))
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how, when", [("SIGTERM", "gcs_server"), ("SIGINT", "raylet")])
+def test_a_signal_while_ray_starts_ends_with_the_line_and_leaves_no_ray_process(tmp_path, how, when):
+    """SIGTERM to the driver once Ray's first process runs (ray.init has replaced the handler by then),
+    Ctrl-C to its process group once the raylet runs: each ends the sweep with its one line, exit
+    130, no process of its Ray left, nothing written, and no session folder left behind."""
+    write_experiment(tmp_path)
+    with hero_bench_process(["sweep", "exp.yaml", "--storage", "ray"], tmp_path, start_new_session=True) as (proc, collect, tree):
+        assert wait_for(lambda: named(tree, when), proc, collect, timeout=300), (tmp_path / "hero-bench-0.log").read_text()[-3000:]
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        assert wait_for(lambda: proc.poll() is not None, proc, collect, timeout=120)
+        leftover = psutil.wait_procs(list(tree.values()), timeout=10)[1]
+    log = tmp_path / "hero-bench-0.log"
+    assert proc.returncode == 130, log.read_text()[-3000:]
+    assert messages(log) == ["hero-bench: interrupted: 0 of 1 trials finished; nothing was changed: run the same command again"]
+    assert "Traceback" not in log.read_text()
+    assert leftover == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml", "hero-bench-0.log"]
+    assert not list(session.root().glob(f"{proc.pid}-*")), "its Ray session folder was removed"
+
+
 # ------------------------------------------------- 1 and 6: SIGTERM, a random search resumed from plain files
 
 @pytest.mark.slow
-def test_sigterm_stops_a_random_search_which_resumes_from_plain_files(tmp_path):
+def test_sigterm_stops_a_random_search_which_resumes_from_plain_files(tmp_path, monkeypatch, capsys):
     write_experiment(tmp_path, **LONG, sweep={"space": {"train.lr": {"dist": "loguniform", "low": 0.01, "high": 0.1}},
                                               "search": "random", "seeds": [0, 1, 2], "max_concurrent_trials": 1, "checkpoint_every": 5})
     args = ["sweep", "exp.yaml", "--storage", "ray"]
@@ -427,6 +507,15 @@ def test_sigterm_stops_a_random_search_which_resumes_from_plain_files(tmp_path):
     assert_interrupted_output(tmp_path / "hero-bench-0.log", finished=len(read_table(tmp_path / "results" / "rel" / "trials.csv")), total=3)
     marker = tmp_path / "code-ran"
     assert plant_code(tmp_path / "ray" / "rel", marker) >= 3
+
+    monkeypatch.chdir(tmp_path)
+    # the same file into another results folder and the same storage would mix its trials with this sweep's,
+    # and Ray's state of it would be the one the resume below reads: refused, the storage untouched
+    kept = snapshot(tmp_path / "ray")
+    assert cli.main([*args, "--results", "r_y"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"holds the trials of the sweep {folder.read_marker(tmp_path / 'results' / 'rel')['sweep_id']} of " in err[0]
+    assert snapshot(tmp_path / "ray") == kept and not (tmp_path / "r_y").exists()
 
     with hero_bench_process([*args, "--resume"], tmp_path) as (proc, collect, tree):
         assert wait_for(lambda: proc.poll() is not None, proc, collect, timeout=400)
@@ -536,7 +625,7 @@ def test_resume_runs_the_trials_of_damaged_rows_again_from_their_checkpoints(loc
     same_rows(before[~rerun], after)
 
 
-def test_a_tampered_checkpoint_is_refused_naming_its_file_and_runs_no_code(local_ray, tmp_path):
+def test_a_tampered_checkpoint_is_refused_naming_its_file_and_runs_no_code(local_ray, tmp_path, capfd):
     config = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.03, 0.05]}, "max_failures": 0}))
     run = dict(results_root=tmp_path / "results", storage=str(tmp_path / "ray"))
     sweep.run(config, **run)
@@ -547,10 +636,14 @@ def test_a_tampered_checkpoint_is_refused_naming_its_file_and_runs_no_code(local
     state = max((tmp_path / "ray" / "rel").glob(f"*{victim}*/checkpoint_*/{trainable.STATE_FILE}"))
     marker = tmp_path / "code-ran"
     torch.save({"epoch": 2, "model": RunsCode(marker)}, state)
+    capfd.readouterr()
     frame = sweep.run(config, resume=True, **run)
     row = frame.set_index("trial_id").loc[victim]
     assert row["status"] == "failed" and not marker.exists()
     assert f"UnsafeCheckpointError: checkpoint {state} holds more than tensors" in row["error"]
+    printed = "".join(capfd.readouterr())  # one line, where Ray printed 6 tracebacks
+    failed = [line for line in printed.splitlines() if "] failed " in line]
+    assert "Traceback" not in printed and len(failed) == 1 and f"checkpoint {state} holds more than tensors" in failed[0]
 
 
 def test_asha_lets_a_trial_that_no_rung_stops_run_all_its_epochs(local_ray, tmp_path):

@@ -173,4 +173,5 @@ def test_a_ray_started_before_the_sweep_keeps_its_runtime_environment_with_a_war
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "init", lambda **kwargs: pytest.fail("a Ray that runs is not started again"))
     with pytest.warns(UserWarning, match=r"^Ray was started before this sweep, so the plugin module\(s\) lab_plugin are not shipped"):
-        cluster.start_ray(None, plugins.shipped(["lab_plugin"]))
+        with cluster.ray_running(None, plugins.shipped(["lab_plugin"])):
+            pass

@@ -25,9 +25,9 @@ from ray import tune
 
 from hero_bench import atomic, cli, config as config_module, sweep
 from hero_bench.results import outputs
-from hero_bench.sweep import trainable, tracking
+from hero_bench.sweep import session, trainable, tracking
 from hero_bench.errors import ConfigError
-from hero_bench.train import run_trial
+from hero_bench.train import FAIL_AT_EPOCH, run_trial
 from processes import free_port, hero_bench_process, kill_all, wait_for
 from tiny import experiment
 from wandb_records import read_runs
@@ -181,21 +181,62 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_or_duplicating_trials(t
         collect()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        kill_all(list(tree.values()))  # its local Ray goes with it
-    before = pd.read_csv(trials_csv, dtype={"trial_id": str})
-    assert 2 <= len(before) < len(lrs), "the driver was killed mid-sweep"
-    assert (trials_csv.parent / "sweep.lock").exists()  # left behind, stale: --resume takes it over
+        time.sleep(2)
+        # what the dead driver left running (Ray's agents outlive it by minutes) and on disk
+        orphans = [p for p in tree.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        dead = list(session.root().glob(f"{proc.pid}-*"))
+        assert len(dead) == 1 and list(dead[0].glob("session_*")), "its Ray session lived in its own folder"
+        before = pd.read_csv(trials_csv, dtype={"trial_id": str})
+        assert 2 <= len(before) < len(lrs), "the driver was killed mid-sweep"
+        assert (trials_csv.parent / "sweep.lock").exists()  # left behind, stale: --resume takes it over
 
-    with hero_bench_process([*args, "--resume"], tmp_path) as (proc, collect, tree):
-        assert wait_for(lambda: proc.poll() is not None, proc, collect, timeout=300)
-        assert proc.returncode == 0, (tmp_path / "hero-bench-1.log").read_text()[-3000:]
-        # the sweep shut its own Ray down on the way out
-        assert psutil.wait_procs(list(tree.values()), timeout=30)[1] == []
+        with hero_bench_process([*args, "--resume"], tmp_path) as (again, collect_again, tree_again):
+            assert wait_for(lambda: again.poll() is not None, again, collect_again, timeout=300)
+            assert again.returncode == 0, (tmp_path / "hero-bench-1.log").read_text()[-3000:]
+            # the resume stopped what the dead one left and removed its folder; it shut its own Ray down on the way out
+            assert psutil.wait_procs(orphans, timeout=1)[1] == [] and not dead[0].exists()
+            assert psutil.wait_procs(list(tree_again.values()), timeout=30)[1] == []
+            assert not list(session.root().glob(f"{again.pid}-*")), "a sweep that ends leaves no Ray session behind"
     after = pd.read_csv(trials_csv, dtype={"trial_id": str})
     assert after["trial_id"].is_unique and sorted(after["train.lr"]) == lrs
     assert set(after["status"]) == {"completed"} and set(after["epochs_done"]) == {3}
     same_rows(before, after)  # finished trials were not run again: same metrics, same timings
     assert not (trials_csv.parent / "sweep.lock").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_trials_all_fail_says_so_in_a_line_each_and_resumes(tmp_path):
+    """Every trial raises (as a setting only a real trial reveals would) and is retried once: each
+    failure is one line naming the trial, its error's last line, what happens next and where its
+    traceback is; none is printed; the sweep ends with one line per failing configuration and a
+    readable trials.csv of failed rows, and --resume, once the cause is gone, runs them."""
+    write_experiment(tmp_path, sweep={"space": {"train.lr": [0.01, 0.02]}, "max_failures": 1})
+    args = ["sweep", "exp.yaml", "--storage", "ray"]
+    with hero_bench_process(args, tmp_path, {**os.environ, FAIL_AT_EPOCH: "1"}) as (proc, collect, _):
+        assert wait_for(lambda: proc.poll() is not None, proc, collect, timeout=400)
+    log = (tmp_path / "hero-bench-0.log").read_text()
+    results = tmp_path / "results" / "rel"
+    assert proc.returncode == 1, log[-3000:]
+    assert "Traceback" not in log and "File \"" not in log, log[-3000:]
+    error = "hero_bench.train.InjectedFault: injected fault at epoch 1 (HERO_BENCH_FAIL_AT_EPOCH)"
+    retried = [line for line in log.splitlines() if " retrying " in line]
+    failed = [line for line in log.splitlines() if "] failed " in line]
+    assert len(retried) == len(failed) == 2, log[-3000:]
+    assert all(f": {error}; tried again from its last checkpoint (retry 1 of 1); traceback in {results / 'errors.log'}" in line
+               for line in retried)
+    assert all(line.endswith(f": {error}; traceback in {results / 'errors.log'}") for line in failed)
+    assert [line for line in log.splitlines() if line.startswith(("failed: ", "tracebacks: "))] == [
+        f"failed: train.lr={lr} (1 trial, train.seed 0): {error}" for lr in (0.01, 0.02)] + [
+        f"tracebacks: {results / 'errors.log'}; the same command with --resume runs the failed trials again"]
+    assert (results / "errors.log").read_text().count(f"{error}\n") == 4  # 2 trials, each tried twice
+    table = pd.read_csv(results / "trials.csv", dtype={"trial_id": str})
+    assert list(table["status"]) == ["failed", "failed"] and set(table["error"]) == {error}
+
+    with hero_bench_process([*args, "--resume"], tmp_path) as (proc, collect, _):
+        assert wait_for(lambda: proc.poll() is not None, proc, collect, timeout=400)
+        assert proc.returncode == 0, (tmp_path / "hero-bench-1.log").read_text()[-3000:]
+    after = pd.read_csv(results / "trials.csv", dtype={"trial_id": str})
+    assert sorted(after["trial_id"]) == sorted(table["trial_id"]) and set(after["status"]) == {"completed"}
 
 
 # ----------------------------------------------------------------------- sweeps in this process
@@ -266,11 +307,15 @@ class KillWorkerOnce(tune.Callback):
             self.killed.send_signal(signal.SIGKILL)
 
 
-def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(local_ray, tmp_path):
+def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(local_ray, tmp_path, capfd):
     config = config_module.from_dict(experiment(train={"epochs": 3}, sweep={"max_failures": 1, "checkpoint_every": 1}))
     killer = KillWorkerOnce(epoch=1)
     frame = sweep.run(config, results_root=tmp_path / "results", storage=str(tmp_path / "ray"), callbacks=[killer])
     assert killer.killed is not None and not killer.killed.is_running()
+    printed = "".join(capfd.readouterr())  # the retry in one line of hero-bench's, its traceback in errors.log only
+    retries = [line for line in printed.splitlines() if " retrying " in line]
+    assert "Traceback" not in printed and len(retries) == 1 and "The actor is dead because its worker process has died" in retries[0]
+    assert "(retry 1 of 1); traceback in " in retries[0] and (tmp_path / "results" / "rel" / "errors.log").exists()
     # after the kill, a new worker continued from epoch 1's checkpoint: epochs 2 and 3 only
     assert [(epoch, pid != killer.killed.pid) for epoch, pid in killer.seen] == [(1, False), (2, True), (3, True)]
     row = frame.iloc[0]

@@ -1,11 +1,15 @@
 """Starting or joining Ray, and checking that the cluster can run the trials."""
+import contextlib
 import os
+import signal
 import socket
+import threading
 import warnings
 
 import ray
 
 from hero_bench.errors import ConfigError
+from hero_bench.sweep import session
 
 
 def check_address(address):
@@ -23,8 +27,12 @@ def check_address(address):
         raise ConfigError(f"--address {address}: cannot reach the Ray cluster ({exc.strerror or exc}); is `ray start --head` running there?") from None
 
 
-def start_ray(address, modules=()):
-    """A local Ray of this machine's own (address None), or the cluster at `address`.
+@contextlib.contextmanager
+def ray_running(address, modules=()):
+    """Ray for the block: one already running in this process (its owner's to shut down), else a local
+    Ray of the sweep's own (address None) in a folder of its own (hero_bench.sweep.session), else the
+    cluster at `address`, joined. Shut down at the end however the block ends; a local Ray's processes
+    all stopped, even when Ctrl-C or SIGTERM came while it started.
 
     `modules`: plugin modules (hero_bench.plugins.shipped) that Ray ships to every worker of the
     sweep, on every node, with its runtime environment (`py_modules`: a module file or a package
@@ -36,28 +44,77 @@ def start_ray(address, modules=()):
         if modules:
             warnings.warn(f"Ray was started before this sweep, so the plugin module(s) {', '.join(m.__name__ for m in modules)} "
                           "are not shipped to its workers; start Ray with runtime_env={'py_modules': [...]}, or let the sweep "
-                          "start it", stacklevel=2)
+                          "start it", stacklevel=3)
+        yield
         return
     if address is None:
-        # "local": always a new Ray of this machine's own, never one a `ray start` left running here
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False,
-                 runtime_env=runtime_env)
+        with session.folder() as temp:
+            try:
+                # its temp folder, and through the raylet that of every worker (checkpoints being written)
+                with environment(TMPDIR=str(temp)):
+                    init(address="local", num_cpus=local_cpus(), include_dashboard=False, configure_logging=False,
+                         _temp_dir=str(temp), runtime_env=runtime_env)
+                yield
+            finally:
+                ray.shutdown()
         return
     check_address(address)
     try:
-        ray.init(address=address, runtime_env=runtime_env)
+        init(address=address, runtime_env=runtime_env)
     except ConnectionError as exc:
         raise ConfigError(f"--address {address}: {exc}") from None
-    total = ray.cluster_resources()
-    nodes = sum(node["Alive"] for node in ray.nodes())
-    print(f"joined the Ray cluster at {address}: {nodes} nodes, {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs")
+    try:
+        total = ray.cluster_resources()
+        nodes = sum(node["Alive"] for node in ray.nodes())
+        print(f"joined the Ray cluster at {address}: {nodes} nodes, {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs")
+        yield
+    finally:
+        ray.shutdown()
 
 
-def check_resources(resources, address):
+def local_cpus():
+    """The CPUs of a sweep's own local Ray: this machine's."""
+    return os.cpu_count()
+
+
+def init(**kwargs):
+    """ray.init, with SIGTERM still what it was: ray.init installs a handler that exits on SIGTERM
+    (without a word, its processes left running); while it runs, a SIGTERM is a Ctrl-C, and afterwards
+    the handler in place before comes back."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        ray.init(**kwargs)
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:
+            raise
+        raise KeyboardInterrupt from None
+    finally:
+        if threading.current_thread() is threading.main_thread() and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def environment(**variables):
+    """os.environ with `variables` set for the block, as it was afterwards."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def check_resources(resources, address, total=None, kinds=("gpu", "cpu")):
     """Refuse a trial that cannot fit the local machine; on a cluster (--address) only warn, since
-    an autoscaler may still add the nodes it needs."""
-    total = ray.cluster_resources()
-    for name, wanted in (("gpu", resources.gpu), ("cpu", resources.cpu)):
+    an autoscaler may still add the nodes it needs. `total`: the resources there are (by default the
+    running Ray's); `kinds`: which to check. Before a local Ray starts, its CPUs are known
+    (`local_cpus`), its GPUs only once Ray has looked for them."""
+    total = ray.cluster_resources() if total is None else total
+    for name, wanted in ((kind, getattr(resources, kind)) for kind in kinds):
         have = total.get(name.upper(), 0)
         if wanted > 0 and have < wanted:
             message = f"sweep.resources_per_trial.{name} is {wanted:g} but the Ray cluster has {have:g} {name.upper()}s"

@@ -23,15 +23,16 @@ import time
 from pathlib import Path
 
 from hero_bench import trials
-from hero_bench.atomic import write_atomic
+from hero_bench.atomic import refuse_links, write_atomic
 from hero_bench.errors import ConfigError, HeroBenchError
 
 MARKER, LOCK = "sweep.json", "sweep.lock"
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # the lock is never opened through a link (its truncation would hit the target)
 JOURNAL = "optuna.journal"  # an optuna search's studies (hero_bench.sweep.study)
 FORMAT = "hero-bench sweep"  # sweep.json's "format"
 # Everything a sweep and `hero-bench leaderboard`/`report` write into the folder.
 OUTPUTS = {"trials.csv", "history.csv", "hypotheses.json", "per_config.csv", "leaderboard.csv", "leaderboard.md",
-           "leaderboard.html", "comparisons.csv", "report.md", "figures", "wandb", JOURNAL, MARKER, LOCK}
+           "leaderboard.html", "comparisons.csv", "report.md", "errors.log", "figures", "wandb", JOURNAL, MARKER, LOCK}
 
 
 def read_marker(folder):
@@ -88,7 +89,7 @@ def shipped(folder):
 def holder(folder):
     """What the lock of a sweep running in `folder` says about it, or None when none runs there."""
     try:
-        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY | NOFOLLOW)
     except OSError:
         return None
     try:
@@ -107,8 +108,9 @@ class Lock:
         self.path, self.fd = Path(folder) / LOCK, None
 
     def acquire(self):
+        refuse_links(self.path)
         while self.fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 # the holder it may have waited for unlinks the file as it releases it

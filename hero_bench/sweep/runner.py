@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
@@ -19,9 +20,10 @@ from hero_bench import plugins, trials
 from hero_bench.atomic import write_atomic
 from hero_bench.errors import ConfigError, Interrupted
 from hero_bench.results import outputs
-from hero_bench.sweep import console, folder, resume as resuming, search, study
+from hero_bench.sweep import console, folder, preflight, resume as resuming, search, study
 from hero_bench.sweep import stages as staging
-from hero_bench.sweep.cluster import check_resources, start_ray
+from hero_bench.sweep import storage as ray_storage
+from hero_bench.sweep.cluster import check_resources, local_cpus, ray_running
 from hero_bench.sweep.rungs import ConfigurationASHA
 from hero_bench.sweep.space import POINT, TrialConfigs, points, trial_count, trial_id, trial_params, trial_stage
 from hero_bench.sweep.trainable import trainable
@@ -70,9 +72,7 @@ class TrialsTable(tune.Callback):
         self.add(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        # the text Ray wrote of the error (error.txt, in the driver's folder), never its pickled error
-        path = trial.error_file
-        self.add(trial, Path(path).read_text() if path and Path(path).is_file() else "error")
+        self.add(trial, console.error_text(trial))
 
 
 def record_epoch(path, trial_id, result):
@@ -176,9 +176,10 @@ def finished(frame, started):
 
 @contextlib.contextmanager
 def sigterm_as_ctrl_c():
-    """SIGTERM (`kill`, a batch scheduler's stop) ends a running Tuner as Ctrl-C does: Ray Tune stops
-    the trials and the sweep keeps every one that ended. (Set once Ray has started: Ray's own handler
-    would abort the driver.)"""
+    """SIGTERM (`kill`, a batch scheduler's stop) ends a sweep as Ctrl-C does, at any moment: a running
+    Tuner stops its trials and the sweep keeps every one that ended; before, the sweep stops where it
+    is, and a Ray that was starting is shut down. (ray.init replaces the handler with one that exits
+    at once; hero_bench.sweep.cluster.init puts this one back.)"""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may handle signals
         return
@@ -217,10 +218,13 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     """Run (or resume) a sweep and return its trials table. Writes results/<name>/trials.csv.
 
     Every check (the experiment, its search space, the results folder, what --resume would continue,
-    the Ray address and resources) passes before anything is written or deleted, and the folder is
-    locked for the sweep's lifetime. A folder as the repository ships it (folder.shipped) is replaced
-    as with --overwrite, with a line that says so. An interruption (Ctrl-C, SIGTERM) raises Interrupted
-    once every trial that ended is in trials.csv. Nothing is read from Ray's pickled state (hero_bench.sweep.resume).
+    where it writes and whose the storage folder is, the dry run, the Ray address and resources)
+    passes before anything is written or deleted, as many as can before Ray starts
+    (`check_before_ray`), and the folder is locked for the sweep's lifetime. A folder as the
+    repository ships it (folder.shipped) is replaced as with --overwrite, with a line that says so.
+    Ray is shut down when it returns or raises (hero_bench.sweep.cluster.ray_running). An
+    interruption (Ctrl-C, SIGTERM, at any moment) raises Interrupted once every trial that ended is in
+    trials.csv. Nothing is read from Ray's pickled state (hero_bench.sweep.resume).
     `configs`: the sweep's TrialConfigs, when the caller shares them with its `callbacks` (more Ray
     Tune callbacks, such as W&B tracking). `verbose`: Ray's own output as Ray prints it, instead of
     hero-bench's header and progress (hero_bench.sweep.console)."""
@@ -228,7 +232,7 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     results_dir = Path(results_root).resolve() / config.name
     prepared = search.prepare(config)
     configs = configs or TrialConfigs(config)
-    configs.check(prepared.checked)
+    trial_configs = configs.check(prepared.checked)
     replaces_shipped = not (resume or overwrite) and folder.shipped(results_dir)
     folder.check(results_dir, resume, overwrite or replaces_shipped)
     marker = {"sweep_id": secrets.token_hex(4), "storage": storage, "config": config.to_dict()}
@@ -248,22 +252,57 @@ def run(config, *, results_root="results", address=None, storage=None, resume=Fa
     marker["storage"] = storage if "://" in storage else str(Path(storage).resolve())
     sweep = Sweep(config, configs, prepared.space, prepared.num_samples, results_dir,
                   f"{marker['storage'].rstrip('/')}/{config.name}", marker, resume, tuple(callbacks), verbose)
-    with console.ray_quiet(verbose):
-        start_ray(address, plugins.shipped(config.plugins))
-        check_resources(config.sweep.resources_per_trial, address)
-        lock = folder.prepare(results_dir, resume, overwrite or replaces_shipped, marker)
-        if replaces_shipped:
-            print(f"replaced {results_dir}, the run the repository ships: `git checkout -- {results_dir}` brings it back", flush=True)
-        try:
-            outputs.write_hypotheses(results_dir, config.to_dict()["hypotheses"])
-            frame, total = execute(sweep)
-        finally:
-            lock.release()
+    lock = None
+    try:
+        with sigterm_as_ctrl_c():
+            check_before_ray(sweep, trial_configs, address)
+            with console.ray_quiet(verbose), ray_running(address, plugins.shipped(config.plugins)):
+                check_resources(config.sweep.resources_per_trial, address)
+                lock = folder.prepare(results_dir, resume, overwrite or replaces_shipped, marker)
+                if replaces_shipped:
+                    print(f"replaced {results_dir}, the run the repository ships: `git checkout -- {results_dir}` brings it back", flush=True)
+                try:
+                    ray_storage.claim(sweep.experiment, results_dir, marker["sweep_id"])
+                    outputs.write_hypotheses(results_dir, config.to_dict()["hypotheses"])
+                    frame, total = execute(sweep)
+                finally:
+                    lock.release()
+    except KeyboardInterrupt:  # before Tune ran (checks, Ray starting), or a second Ctrl-C after it
+        resumable = resume or lock is not None  # else the results folder is as it was
+        done = len(read_rows(sweep.table)) if resumable else 0
+        raise Interrupted(interrupted(done, trial_count(prepared.space, prepared.num_samples), resumable, overwrite)) from None
     if len(frame) < total:
-        again = "run the same command with --resume" + (" in place of --overwrite" if overwrite else "")
-        raise Interrupted(f"interrupted: {len(frame)} of {total} trials finished; {again}")
+        raise Interrupted(interrupted(len(frame), total, True, overwrite))
     print(finished(frame, started))
+    for line in console.failures(frame, results_dir / console.ERRORS):
+        print(line)
     return frame
+
+
+def interrupted(done, total, resumable, overwrite):
+    """`interrupted: 8 of 32 trials finished; run the same command with --resume`: what was kept, how
+    to go on. Before the results folder was touched (`resumable` false), the same command again."""
+    if not resumable:
+        return f"interrupted: {done} of {total} trials finished; nothing was changed: run the same command again"
+    return f"interrupted: {done} of {total} trials finished; run the same command with --resume" + (
+        " in place of --overwrite" if overwrite else "")
+
+
+def check_before_ray(sweep, trial_configs, address):
+    """What is checked before Ray starts and before the results folder is touched: that the results
+    folder and the Ray storage can be written, that the storage folder is no other sweep's, that a
+    trial fits this machine's CPUs (a local Ray), and the dry run of its trials (hero_bench.sweep.preflight)."""
+    for target, advice in ((sweep.results_dir, "choose another parent folder with --results"),
+                           (sweep.marker["storage"], "choose another --storage; nothing was changed")):
+        why = ray_storage.unwritable(target)
+        if why:
+            raise ConfigError(f"cannot write to {target}: {why}; {advice}")
+    ray_storage.check_owner(sweep.experiment, sweep.results_dir, sweep.marker["sweep_id"], sweep.resume)
+    if address is None:
+        resources = sweep.config.sweep.resources_per_trial
+        if not ray.is_initialized():  # the sweep's own Ray will have this machine's CPUs
+            check_resources(resources, address, {"CPU": local_cpus()}, kinds=("cpu",))
+        preflight.dry_run(trial_configs, resources.gpu)
 
 
 def execute(sweep):
@@ -344,16 +383,17 @@ def run_trials(sweep, space, num_samples, checkpoints, total, finished_before, s
         if finished_before == 0 or sweep.resume:
             at_once = console.concurrency(config.sweep.resources_per_trial, config.sweep.max_concurrent_trials)
             print(console.header(config, total, finished_before, at_once, sweep.results_dir, sweep.experiment), flush=True)
-        progress = [console.Progress(total, finished_before, config.sweep.metric)]
+        progress = [console.Progress(total, finished_before, config.sweep.metric, sweep.results_dir / console.ERRORS,
+                                     config.sweep.max_failures)]
     sheet = TrialsTable(sweep.configs, table)
     run_config = tune.RunConfig(
         name=config.name, storage_path=sweep.marker["storage"],
-        callbacks=[*ray_loggers(config.tracking), sheet, *progress, *sweep.callbacks],
+        callbacks=[*ray_loggers(config.tracking), sheet, console.ErrorLog(sweep.results_dir), *progress, *sweep.callbacks],
         failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1 if sweep.verbose else 0,
     )
     tuner = tune.Tuner(fn, param_space=space, tune_config=make_tune_config(config, num_samples, searcher), run_config=run_config)
-    with without_auto_loggers(), ray_interruption_muted(), sigterm_as_ctrl_c():
+    with without_auto_loggers(), ray_interruption_muted():
         try:
             tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C: Ray stops at once, and the trials that ended are kept

@@ -257,10 +257,12 @@ class TrialConfigs:
     def check(self, params):
         """Build the Config of every trial in `params` (Ray params) now, so a combination its
         factories refuse (model.args of another model, a model.args value) fails before Ray starts;
-        the configs are kept for the driver."""
+        the configs are kept for the driver. Returns the Configs built."""
+        built = []
         for one in params:
             try:
-                self.get(one)
+                built.append(self.get(one))
             except ConfigError as exc:
                 swept = ", ".join(f"{k}={v}" for k, v in trial_params(one).items() if k != SEED)
                 raise ConfigError(f"sweep.space point {{{swept}}}: {exc}") from None
+        return built
