@@ -122,12 +122,14 @@ def test_a_dying_wandb_process_turns_tracking_off_with_a_warning(tmp_path, fresh
     callback = tracking.WandbTrials(config, tmp_path / "results" / config.name)
     trial = SimpleNamespace(trial_id="t1", config={"train.lr": 0.05}, last_result={"epoch": 1, "val_acc": 50.0})
     callback.on_trial_start(0, [trial], trial)
+    callback.wait()  # W&B calls run on a thread of their own
     assert "t1" in callback.runs
     services = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("wandb")]
     assert services, "wandb runs its own service process"
     kill_all(services)
     with pytest.warns(UserWarning, match=r"W&B log failed \(.*\); tracking is off for the rest of this sweep, results continue"):
         callback.on_trial_result(1, [trial], trial, {"epoch": 1, "val_acc": 50.0})
+        callback.wait()
     callback.on_trial_complete(1, [trial], trial)  # tracking is off: no second failure, no exception
     callback.finish_sweep(tmp_path / "results" / config.name)
     assert not callback.enabled
