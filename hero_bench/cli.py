@@ -96,6 +96,7 @@ def cmd_sweep(args):
         print(f"figures skipped for lack of data: {'; '.join(skipped)}")
     print(outputs.summary(results_dir))
     for tracker in trackers:
+        tracker.wait()  # the W&B summary run, made while Ray shut down and the summary was printed
         print(tracker.where())
     return 0 if len(frame) and (frame[trials.STATUS] != "failed").all() else 1
 

@@ -134,9 +134,9 @@ class WandbTrials(tune.Callback):
         return f"W&B: runs in project {self.tracking.project}, group {self.name}"
 
     def finish_sweep(self, results_dir):
-        """One summary run: the leaderboard as a wandb.Table and the figures as images."""
-        self.wait()
-        self.guarded("summary run", self.log_summary, Path(results_dir))
+        """One summary run, the leaderboard as a wandb.Table and the figures as images, handed to the
+        W&B thread after the trials' runs: the caller may go on, and `wait()` for it before exiting."""
+        self.later("summary run", self.log_summary, Path(results_dir))
 
     def log_summary(self, results_dir):
         import pandas as pd
