@@ -114,27 +114,6 @@ def without_auto_loggers():
             del os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"]
 
 
-# With FIFO nothing decides on a trial's intermediate results, so its epochs can reach the driver in
-# batches: Ray Tune's result buffering lets a trial train on while the driver takes its results about
-# once a second (a checkpoint or the trial's end closes a batch at once), instead of waiting for the
-# driver's round trip after every epoch. Not with ASHA, whose rungs must stop a trial at its epoch.
-RESULT_BATCH_S = 1.0
-
-
-@contextlib.contextmanager
-def batched_results(scheduler):
-    """Ray Tune's documented result buffering (TUNE_RESULT_BUFFER_LENGTH, TUNE_RESULT_BUFFER_MIN_TIME_S)
-    while a FIFO sweep runs; values already set win."""
-    batching = {"TUNE_RESULT_BUFFER_LENGTH": "1000", "TUNE_RESULT_BUFFER_MIN_TIME_S": str(RESULT_BATCH_S)}
-    added = [k for k in batching if k not in os.environ] if scheduler == "fifo" else []
-    os.environ.update({k: batching[k] for k in added})
-    try:
-        yield
-    finally:
-        for key in added:
-            del os.environ[key]
-
-
 def ray_loggers(tracking):
     """Ray Tune's per-trial files in its storage: result.json and progress.csv, and TensorBoard
     event files when `tracking.tensorboard` (W&B covers what TensorBoard shows; Ray's TensorBoard
@@ -299,7 +278,7 @@ def execute(sweep):
     else:
         # the TrialsTable, like every callback, comes back from the pickled state; it keeps trials.csv
         tuner = tune.Tuner.restore(sweep.experiment, trainable=fn, resume_errored=True)
-    with without_auto_loggers(), batched_results(config.sweep.scheduler), ray_resume_advice_muted(), sigterm_as_ctrl_c():
+    with without_auto_loggers(), ray_resume_advice_muted(), sigterm_as_ctrl_c():
         try:
             tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C: Ray stops at once, and the trials that ended are kept
