@@ -141,7 +141,7 @@ def instrumented(trainable, folder):
             }
             (Path(folder) / f"{record['trial']}-{os.getpid()}-{entered:.6f}.json").write_text(json.dumps(record))
 
-    profiled.__signature__ = inspect.signature(trainable)
+    profiled.__signature__, profiled.__name__ = inspect.signature(trainable), trainable.__name__  # Ray names trials by it
     return profiled
 
 
@@ -168,8 +168,8 @@ def driver_probe():
 
     def sample_cpu():  # CPU seconds of Ray's processes and the trial workers so far, by pid (they exit before the end)
         cpu = probe.marks.setdefault("ray_cpu", {})
-        for pid, seconds in ray_processes_cpu().items():
-            cpu[pid] = max(seconds, cpu.get(pid, 0.0))
+        for pid, (seconds, name) in ray_processes_cpu().items():
+            cpu[pid] = (max(seconds, cpu.get(pid, (0.0,))[0]), name)
 
     def each(hook):
         def call_all(self, **info):
@@ -190,7 +190,9 @@ def driver_probe():
     probe.patch(runner.tune.Tuner, "fit", "Tuner.fit", after=lambda: probe.marks.__setitem__("fit_end", time.time()))
     probe.patch(outputs, "write", "outputs: tables and figures")
     probe.patch(outputs, "summary", "outputs: summary lines")
-    probe.patch(tracking.WandbTrials, "finish_sweep", "W&B summary run")
+    probe.patch(tracking.WandbTrials, "log_summary", "W&B summary run")
+    if hasattr(tracking.WandbTrials, "wait"):  # W&B's calls on a thread of their own
+        probe.patch(tracking.WandbTrials, "wait", "waiting for W&B's thread")
     probe.patch(ray, "shutdown", "Ray shutdown")
     original = outputs.write
 
@@ -203,14 +205,16 @@ def driver_probe():
 
 
 def ray_processes_cpu():
-    """CPU seconds of this process's children (Ray's GCS, raylet, agents and its workers), by pid."""
+    """(CPU seconds, short name) of this process's children (Ray's GCS, raylet, agents and its
+    workers), by pid."""
     cpu = {}
     for child in psutil.Process().children(recursive=True):
         try:
-            times = child.cpu_times()
-            cpu[child.pid] = times.user + times.system
+            times, command = child.cpu_times(), child.cmdline()
         except psutil.Error:
-            pass
+            continue
+        scripts = [Path(part).name for part in command if part.endswith((".py", "gcs_server", "raylet"))]
+        cpu[child.pid] = (times.user + times.system, (scripts or [child.name()])[-1])
     return cpu
 
 
@@ -338,7 +342,8 @@ def driver_lines(run):
     n = len(run["trials"])
     lines = []
     for label in ("Ray start", "sweep (hero_bench.sweep.run)", "Tuner.fit", "Ray experiment-state snapshots",
-                  "outputs: tables and figures", "outputs: summary lines", "W&B summary run", "Ray shutdown"):
+                  "outputs: tables and figures", "outputs: summary lines", "W&B summary run", "waiting for W&B's thread",
+                  "Ray shutdown"):
         if label in seconds:
             lines.append(f"  {label}: {seconds[label]:.2f} s ({calls[label]} calls)")
     by_class = collections.defaultdict(float)
@@ -351,9 +356,14 @@ def driver_lines(run):
         lines.append(f"  callback {name}: {value:.2f} s, {value / n:.3f} s per trial ({hooks})")
     workers = {t["pid"] for t in run["trials"]}
     children = marks.get("ray_cpu", {})
-    ray_cpu = sum(v for pid, v in children.items() if pid not in workers)
+    ray_cpu = sum(v for pid, (v, _) in children.items() if pid not in workers)
     trials_cpu = sum(run["cpu"].values())
-    beyond = sum(v for pid, v in children.items() if pid in workers) - trials_cpu
+    beyond = sum(v for pid, (v, _) in children.items() if pid in workers) - trials_cpu
+    by_name = collections.Counter()
+    for pid, (v, name) in children.items():
+        if pid not in workers:
+            by_name[name] += v
+    lines.append("  CPU time of Ray's own processes: " + ", ".join(f"{name} {v:.1f} s" for name, v in by_name.most_common()))
     lines.append(f"  CPU time: the driver process {run['driver_cpu']:.1f} s, Ray's own processes {ray_cpu:.1f} s "
                  f"(GCS, raylet, agents, idle workers), the trial workers beyond their trials' cpu_time_s {beyond:.1f} s; "
                  f"all of it {(run['driver_cpu'] + ray_cpu + beyond) / n:.2f} s per trial, "
