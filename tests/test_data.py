@@ -172,6 +172,24 @@ def test_digits_are_normalized_1x8x8_images_with_a_seed_independent_test_set():
     assert torch.allclose(pixels, pixels.round(), atol=1e-4)
 
 
+def test_consecutive_trials_on_the_same_data_read_it_once_and_get_tensors_of_their_own(monkeypatch):
+    reads = []
+    factory = data.DATASETS.get("synthetic")
+    monkeypatch.setitem(data.DATASETS._factories, "synthetic", lambda **kw: reads.append(kw) or factory(**kw))
+    monkeypatch.setattr(data, "_last_source", {})
+    first, again = synthetic(seed=0), synthetic(seed=0)
+    assert len(reads) == 1  # the second trial reused the source
+    for name in ("train_x", "train_y", "train_y_clean", "val_x", "val_y", "test_x", "test_y"):
+        mine, theirs = getattr(first, name), getattr(again, name)
+        assert torch.equal(mine, theirs) and mine.data_ptr() != theirs.data_ptr(), name
+    assert first.mean == again.mean and first.std == again.std
+    first.test_y[:] = -1  # a trial writing its own tensors leaves the next trial's data alone
+    assert torch.equal(synthetic(seed=0).test_y, again.test_y)
+    synthetic(seed=0, num_test=120)  # other arguments: read again, and only that one is kept
+    synthetic(seed=0)
+    assert len(reads) == 3
+
+
 def test_synthetic_data_is_learnable_by_nearest_class_mean():
     ds = data.load("synthetic", num_samples=2000, num_test=500, input_shape=(3, 8, 8), num_classes=5, class_sep=4.0)
     means = torch.stack([ds.train_x[ds.train_y == k].mean(0) for k in range(5)]).flatten(1)
