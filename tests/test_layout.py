@@ -60,6 +60,32 @@ def test_imports_form_no_circle():
         pytest.fail(f"import circle: {' -> '.join(error.args[1])}")
 
 
+def test_readme_lists_every_module_from_the_bottom_layer_up():
+    """README's module table names every module once, and a module imports only modules on its row or above."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| module | what it is |"):].split("\n\n", 1)[0].splitlines()[2:]
+    row_of = {}
+    for index, line in enumerate(table):
+        first, described = line.split("|")[1:3]
+        for name in re.findall(r"`([\w/]+)`", first):
+            if name.endswith("/"):  # a package: its modules are named in the description
+                package = name.rstrip("/")
+                row_of[package] = index
+                row_of.update({f"{package}.{m}": index for m in re.findall(r"`(\w+)`", described)
+                               if (PACKAGE / package / f"{m}.py").exists()})
+            else:
+                row_of[name] = index
+    edges = graph()
+    listed = {name for name in edges if name != "hero_bench"}
+    assert {f"hero_bench.{m}" for m in row_of} == listed, sorted(listed ^ {f"hero_bench.{m}" for m in row_of})
+    for name, deps in edges.items():
+        for dep in deps - {"hero_bench"}:
+            short, below = name.removeprefix("hero_bench."), dep.removeprefix("hero_bench.")
+            if short == "hero_bench":
+                continue
+            assert row_of[below] <= row_of[short], f"{short} (README row {row_of[short]}) imports {below} (row {row_of[below]}), listed below it"
+
+
 def test_the_core_imports_neither_ray_nor_wandb():
     code = ("import sys; import " + ", ".join(f"hero_bench.{m}" for m in CORE)
             + "; print(sorted(m for m in ('ray', 'wandb') if m in sys.modules))")
