@@ -347,6 +347,16 @@ def test_resume_accepts_scheduling_changes_and_lists_every_key_that_changes_resu
                                       "sweep.space.train.lr [0.01, 0.02] -> [0.01, 0.03], train.epochs 2 -> 3; ")
 
 
+def test_resume_counts_a_key_the_schema_gained_since_the_sweep_ran_at_its_default():
+    base = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.01, 0.02]}}))
+    older = json.loads(json.dumps(base.to_dict()))
+    del older["sweep"]["bracket"], older["sweep"]["confirm_seeds"], older["hypotheses"]  # a sweep.json from before them
+    resume.check_unchanged(older, base)
+    bracketed = config_module.from_dict(experiment(sweep={"space": {"train.lr": [0.01, 0.02]}, "bracket": 1}))
+    with pytest.raises(ConfigError, match=r"in 1 key\(s\): sweep.bracket 0 -> 1; "):
+        resume.check_unchanged(older, bracketed)
+
+
 def save_checkpoint(storage, trial_dir, number, whose, state=True):
     path = storage / "rel" / trial_dir / f"checkpoint_{number:06d}"
     path.mkdir(parents=True)

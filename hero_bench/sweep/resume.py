@@ -29,9 +29,10 @@ TRIAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what a trial.json may name (R
 
 def check_unchanged(stored, config):
     """Refuse to resume a sweep with an experiment other than the one it ran (`stored`, a dict). A
-    section the schema gained since the sweep ran (`plugins`) counts at its default."""
-    defaults = json.loads(json.dumps(type(config)().to_dict()))
-    old = flatten({**{key: value for key, value in defaults.items() if key not in stored}, **stored})
+    key the schema gained since the sweep ran (`plugins`, `sweep.bracket`) counts at its default."""
+    old = flatten(stored)
+    defaults = flatten(json.loads(json.dumps(type(config)().to_dict())))
+    old.update({key: value for key, value in defaults.items() if not _recorded(key, old)})
     new = flatten(json.loads(json.dumps(config.to_dict())))
     changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and not k.startswith(SCHEDULING)]
     if changed:
@@ -48,6 +49,11 @@ def check_draws(stored, draws, marker):
         raise ConfigError(f"--resume: the configurations this file draws are not those the sweep ran ({marker} holds "
                           f"{'none' if stored is None else 'others'}; another numpy or scipy draws otherwise); start the "
                           "sweep again with --overwrite")
+
+
+def _recorded(key, flat):
+    """Whether the dotted `key`, or a key above or below it, is in the flattened config `flat`."""
+    return any(k == key or k.startswith(key + ".") or key.startswith(k + ".") for k in flat)
 
 
 def flatten(tree, prefix=""):
