@@ -2,6 +2,7 @@
 on loopback, ships the experiment's plugin to its trials, runs them on both nodes, and leaves the
 cluster (which the test then stops) as it found it."""
 import contextlib
+import os
 import subprocess
 import sys
 
@@ -87,3 +88,22 @@ def test_a_sweep_joins_a_two_node_cluster_ships_its_plugin_and_runs_trials_on_bo
     shipped = set(imported.values())
     assert all("runtime_resources" in path and path.endswith("/lab_plugin.py") for path in shipped), shipped
     assert not any(alive(raylet) for raylet in nodes), "the test stopped the cluster it started"
+
+
+@pytest.mark.slow
+def test_a_sweeps_own_ray_runs_its_workers_at_the_drivers_priority(monkeypatch):
+    """Ray starts its workers at nice 15 unless told otherwise; a sweep's own Ray runs them at 0, so
+    that other work on the machine does not starve the trials."""
+    import ray
+
+    from hero_bench.sweep import cluster
+
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+
+    @ray.remote
+    def niceness():
+        return os.nice(0)
+
+    with cluster.ray_running(None):
+        assert ray.get(niceness.remote()) == os.nice(0)
+    assert not ray.is_initialized()

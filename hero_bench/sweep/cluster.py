@@ -50,8 +50,10 @@ def ray_running(address, modules=()):
     if address is None:
         with session.folder() as temp:
             try:
-                # its temp folder, and through the raylet that of every worker (checkpoints being written)
-                with environment(TMPDIR=str(temp)):
+                # its temp folder, and through the raylet that of every worker (checkpoints being written);
+                # its trial workers at the driver's priority: Ray's default, nice 15, starves the trials on
+                # a machine shared with other work (RAY_worker_niceness set by the user is kept)
+                with environment(TMPDIR=str(temp), RAY_worker_niceness=os.environ.get("RAY_worker_niceness", "0")):
                     init(address="local", num_cpus=local_cpus(), include_dashboard=False, configure_logging=False,
                          _temp_dir=str(temp), runtime_env=runtime_env)
                 yield
