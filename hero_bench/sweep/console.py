@@ -113,16 +113,14 @@ def error_text(trial):
     if not (path and Path(path).is_file()):
         return "error"
     return FAILURE_HEADER.split(Path(path).read_text(errors="replace"))[-1].strip() or "error"
+
+
 def stage_header(name, points, config):
     """`stage confirm: 120 trials (12 configurations x 10 seeds)`, as a stage after the grid starts."""
     seeds = len(config.sweep.confirm_seeds if name == "confirm" else config.sweep.seeds)
     if not points:
         return f"stage {name}: no trials (no choice sits at an end of its grid that can be extended)"
     return f"stage {name}: {len(points)} trials ({len(points) // seeds} configurations x {seeds} seeds)"
-
-
-class Progress(tune.Callback):
-    """Ray Tune callback in the sweep driver: counts the trials and shows how far the sweep is."""
 
 
 def swept(trial):

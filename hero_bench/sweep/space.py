@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ray import tune
 
 from hero_bench import config as config_module
-from hero_bench import catalog
+from hero_bench import catalog, trials
 from hero_bench.errors import ConfigError
 from hero_bench.trials import SEED
 
