@@ -91,8 +91,9 @@ def test_ray_writes_its_per_trial_result_files_and_tensorboard_events_only_on_re
 
 def test_one_sweep_tunes_brackets_then_confirms_and_resumes_its_stages(tmp_path):
     raw = experiment(name="staged", sweep={
-        "space": [{"optimizer.name": ["sgd"], "train.lr": [0.01, 0.02, 0.04]},
-                  {"optimizer.name": ["sam"], "train.lr": [0.01, 0.02, 0.04], "optimizer.radius": [0.05]}],
+        # a list-valued key that differs between the grids: the stages are decided from trials.csv's text of it
+        "space": [{"optimizer.name": ["sgd"], "train.lr": [0.01, 0.02, 0.04], "model.args.hidden": [[16]]},
+                  {"optimizer.name": ["sam"], "train.lr": [0.01, 0.02, 0.04], "optimizer.radius": [0.05], "model.args.hidden": [[8]]}],
         "seeds": [0, 1], "confirm_seeds": [5, 6], "bracket": 1, "checkpoint_every": 2},
         hypotheses=[{"method": "sam", "baseline": "sgd"}])
     config = config_module.from_dict(raw)

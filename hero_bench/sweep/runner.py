@@ -333,7 +333,9 @@ def execute(sweep):
         total = len(grid)
         rows = run_trials(sweep, sweep.space, sweep.num_samples, {}, total, 0)
     while len(rows) == total:  # every trial so far has ended: what comes next?
-        stage = staging.next_stage(config, sweep.configs, grid, stages, trials.table(rows.values()))
+        # decided from trials.csv as written, whose values are as every reader of the table sees them
+        # (a list such as model.args.hidden is its text there, as pandas can group it)
+        stage = staging.next_stage(config, sweep.configs, grid, stages, trials.parse(sweep.table)[0])
         if stage is None:
             break
         stages.append(stage)
