@@ -20,7 +20,7 @@ EPILOG = """examples:
   hero-bench train quickstart --set optimizer.name=sgd  train one configuration; its files go to runs/quickstart/N
   hero-bench train quickstart optimizer.radius=0.1 train.epochs=5 --wandb offline
   hero-bench list experiments                           the shipped experiments (a path to any YAML file works too)
-  hero-bench list --plugin my_plugin                    what a plugin of your own registers (docs/extending.md)
+  hero-bench list --plugin MODULE                       what a plugin of your own registers (docs/extending.md)
   hero-bench leaderboard results/quickstart             rebuild tables and figures
   hero-bench report results/quickstart --entity me --project hero-bench
 """

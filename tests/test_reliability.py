@@ -341,7 +341,7 @@ def test_a_full_disk_mid_sweep_keeps_trials_csv_and_resume_completes_it(local_ra
             sweep.run(config, **run)
     before = pd.read_csv(trials_csv, dtype={"trial_id": str})
     assert len(before) == 1 and before["status"].item() == "completed"
-    assert sorted(p.name for p in trials_csv.parent.iterdir()) == ["sweep.json", "trials.csv"]
+    assert sorted(p.name for p in trials_csv.parent.iterdir()) == ["history.csv", "hypotheses.json", "sweep.json", "trials.csv"]
 
     monkeypatch.undo()  # space is freed; --resume writes the table without training anything again
     after = sweep.run(config, resume=True, **run)

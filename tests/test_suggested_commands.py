@@ -4,7 +4,7 @@ file), since each shows its commands as one sequence (README's quickstart sweep,
 quickstart file's are each the first on their clone).
 
 Each command runs as written plus a tiny budget: one epoch for `train`; for `sweep`, one epoch, one
-seed and the file's base configuration only (`sweep.space={}`), since the files' grids are hours of
+seed, one sample and the file's base configuration only (`sweep.space={}`), since the files' grids are hours of
 trials. Left out, and why (`skipped`): commands with a placeholder to fill in (`FILE`, `NAME`, `...`,
 `[--set k=v]`), those for a Ray cluster (`--address`) and the CIFAR experiments, whose data is a
 download (their commands are checked to parse in tests/test_experiments.py).
@@ -22,7 +22,7 @@ from clone import ROOT, fresh_clone
 from hero_bench import cli
 
 TRAIN_BUDGET = ["--set", "train.epochs=1"]
-SWEEP_BUDGET = [*TRAIN_BUDGET, "--set", "sweep.seeds=[0]", "--set", "sweep.space={}"]
+SWEEP_BUDGET = [*TRAIN_BUDGET, "--set", "sweep.seeds=[0]", "--set", "sweep.space={}", "--set", "sweep.num_samples=1"]
 SUBCOMMANDS = ("train", "sweep", "list", "leaderboard", "report")
 
 
