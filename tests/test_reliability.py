@@ -339,13 +339,13 @@ def test_a_full_disk_mid_sweep_keeps_trials_csv_and_resume_completes_it(local_ra
     with pytest.warns(UserWarning, match="No space left on device; the previous file is unchanged; trying again"):
         with pytest.raises(ConfigError, match=rf"cannot write {trials_csv}: No space left on device; the previous file is unchanged"):
             sweep.run(config, **run)
-    before = pd.read_csv(trials_csv, dtype={"trial_id": str})
+    before = pd.read_csv(trials_csv, dtype={"trial_id": str, "config_hash": str})
     assert len(before) == 1 and before["status"].item() == "completed"
     assert sorted(p.name for p in trials_csv.parent.iterdir()) == ["history.csv", "hypotheses.json", "sweep.json", "trials.csv"]
 
     monkeypatch.undo()  # space is freed; --resume writes the table without training anything again
     after = sweep.run(config, resume=True, **run)
-    written = pd.read_csv(trials_csv, dtype={"trial_id": str})
+    written = pd.read_csv(trials_csv, dtype={"trial_id": str, "config_hash": str})  # a hash of digits and one e is text
     assert len(after) == len(written) == 3 and set(written["status"]) == {"completed"}
     same_rows(before, written)
 

@@ -4,7 +4,8 @@ file), since each shows its commands as one sequence (README's quickstart sweep,
 quickstart file's are each the first on their clone).
 
 Each command runs as written plus a tiny budget: one epoch for `train`; for `sweep`, one epoch, one
-seed, one sample and the file's base configuration only (`sweep.space={}`), since the files' grids are hours of
+seed, one sample and the file's base configuration only (`sweep.space={}`; a search keeps its space and draws
+once), since the files' grids are hours of
 trials. Left out, and why (`skipped`): commands with a placeholder to fill in (`FILE`, `NAME`, `...`,
 `[--set k=v]`), those for a Ray cluster (`--address`) and the CIFAR experiments, whose data is a
 download (their commands are checked to parse in tests/test_experiments.py).
@@ -19,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from clone import ROOT, fresh_clone
-from hero_bench import cli
+from hero_bench import cli, experiment_files
+from hero_bench import config as config_module
 
 TRAIN_BUDGET = ["--set", "train.epochs=1"]
 SWEEP_BUDGET = [*TRAIN_BUDGET, "--set", "sweep.seeds=[0]", "--set", "sweep.space={}", "--set", "sweep.num_samples=1"]
@@ -95,12 +97,21 @@ SOURCES = {
 }
 
 
+def drawn(argv):
+    """Whether a suggested sweep searches by drawing (random, quasirandom, optuna), as its file and
+    --set say: its space is what it draws from."""
+    args = cli.parser().parse_args(argv[1:])
+    return config_module.load(experiment_files.resolve(args.file), args.set).sweep.search != "grid"
+
+
 def run_in_order(commands, clone, env):
     """Run each command in the clone (its own hero_bench: `python -m` puts the clone first on the
     path); returns what each printed."""
     printed = []
     for argv in commands:
         budget = {"train": TRAIN_BUDGET, "sweep": SWEEP_BUDGET}.get(argv[1], [])
+        if argv[1] == "sweep" and drawn(argv):  # a search draws from the file's space: keep it, draw once
+            budget = [*TRAIN_BUDGET, "--set", "sweep.seeds=[0]", "--set", "sweep.num_samples=1"]
         done = subprocess.run([sys.executable, "-m", "hero_bench.cli", *argv[1:], *budget], cwd=clone, env=env,
                               capture_output=True, text=True, timeout=600)
         output = done.stdout + done.stderr
