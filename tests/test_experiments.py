@@ -6,7 +6,6 @@ a GPU cluster, not CI)."""
 import math
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from commands import header_commands
 from hero_bench import cli, experiment_files
 from hero_bench.sweep import search
 from hero_bench.sweep import space as sweep_space
@@ -32,20 +32,6 @@ ids = [path.stem for path in EXPERIMENTS]
 cifar_ids = [path.stem for path in CIFAR]
 
 
-def documented_commands(path):
-    """The `hero-bench ...` commands in a file's comments as argv lists, backslash continuations joined."""
-    commands, current = [], None
-    for line in path.read_text().splitlines():
-        text = line[1:].strip() if line.startswith("#") else ""
-        if current is None and not text.startswith("hero-bench "):
-            continue
-        current = text if current is None else f"{current} {text}"
-        if current.endswith("\\"):
-            current = current[:-1].rstrip()
-        else:
-            commands.append(shlex.split(current))
-            current = None
-    return commands
 
 
 def one_step_trial(config, model):
@@ -164,7 +150,7 @@ def test_cifar_file_holds_the_authors_setting_and_point_on_its_grids(path):
 
 @pytest.mark.parametrize("path", CIFAR, ids=cifar_ids)
 def test_commands_in_cifar_file_comments_parse_and_give_valid_sweeps(path):
-    commands = documented_commands(path)
+    commands = header_commands(path)
     assert commands
     for argv in commands:
         args = cli.parser().parse_args(argv[1:])

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from clone import ROOT, fresh_clone
+from commands import header_commands
 from hero_bench import cli, experiment_files
 from hero_bench import config as config_module
 
@@ -72,22 +73,6 @@ def help_commands():
     """The example commands of `hero-bench --help`: each example line up to its description."""
     lines = cli.parser().format_help().splitlines()
     return [command(re.split(r"\s{2,}", line.strip())[0]) for line in lines if line.startswith("  hero-bench ")]
-
-
-def header_commands(path):
-    """The `hero-bench ...` lines of an experiment file's comments, backslash continuations joined."""
-    commands, current = [], None
-    for line in path.read_text().splitlines():
-        text = line[1:].strip() if line.startswith("#") else ""
-        if current is None and not text.startswith("hero-bench "):
-            continue
-        current = text if current is None else f"{current} {text}"
-        if current.endswith("\\"):
-            current = current[:-1].rstrip()
-        else:
-            commands.append(shlex.split(current))
-            current = None
-    return commands
 
 
 SOURCES = {
