@@ -23,6 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 from hessian_cost import counting  # noqa: E402  (benchmarks/, next to this script)
 
 from hero_bench import config as config_module  # noqa: E402
+from hero_bench import experiment_files  # noqa: E402
 from hero_bench import hessian, metrics, train, trials  # noqa: E402
 
 
@@ -66,7 +67,7 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    config = config_module.load(args.experiment, args.set)
+    config = config_module.load(experiment_files.resolve(args.experiment), args.set)
     model, dataset, epochs = trained(config)
     epoch = statistics.median(epochs)
     splits = ((dataset.val_x, dataset.val_y), (dataset.test_x, dataset.test_y))

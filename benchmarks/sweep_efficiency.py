@@ -45,6 +45,7 @@ import psutil
 import yaml
 
 from hero_bench import config as config_module
+from hero_bench import experiment_files
 from hero_bench.sweep import space as sweep_space
 from hero_bench.train import run_trial
 from hero_bench.trials import SEED
@@ -161,7 +162,7 @@ def driver_probe():
 
     from hero_bench import sweep
     from hero_bench.results import outputs
-    from hero_bench.sweep import runner, tracking
+    from hero_bench.sweep import cluster, runner, tracking
 
     probe = Timer()
     probe.marks = {}
@@ -185,12 +186,12 @@ def driver_probe():
     for hook in HOOKS:
         setattr(CallbackList, hook, each(hook))
     probe.patch(TuneController, "save_to_dir", "Ray experiment-state snapshots")
-    probe.patch(runner, "start_ray", "Ray start")
+    probe.patch(cluster, "init", "Ray start")
     probe.patch(sweep, "run", "sweep (hero_bench.sweep.run)")
     probe.patch(runner.tune.Tuner, "fit", "Tuner.fit", after=lambda: probe.marks.__setitem__("fit_end", time.time()))
     probe.patch(outputs, "write", "outputs: tables and figures")
     probe.patch(outputs, "summary", "outputs: summary lines")
-    probe.patch(tracking.WandbTrials, "log_summary", "W&B summary run")
+    probe.patch(tracking.WandbTrials, "finish_sweep", "W&B summary run")
     if hasattr(tracking.WandbTrials, "wait"):  # W&B's calls on a thread of their own
         probe.patch(tracking.WandbTrials, "wait", "waiting for W&B's thread")
     probe.patch(ray, "shutdown", "Ray shutdown")
@@ -388,7 +389,7 @@ def main():
     parser.add_argument("--sweep-only", action="store_true", help="no in-process run (efficiency needs none)")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_SILENT", "true")
-    config = config_module.load(args.experiment, args.set)
+    config = config_module.load(experiment_files.resolve(args.experiment), args.set)
     where = dict(text.split("=", 1) for text in args.where)
     grid, seeds = chosen(config, where, args.points, args.seeds)
     n = len(grid) * len(seeds)

@@ -52,17 +52,19 @@ def figure_key(path):
     return f"{FIGURES}/{path.stem}"
 
 
-def init(tracking, *, mode, folder, **kwargs):
+def init(tracking, *, mode, folder, requirements=True, **kwargs):
     """wandb.init with hero-bench's settings: runs under `folder` (mkdir'ed), in `mode` (offline,
     online, disabled; None: wandb's own choice, WANDB_MODE), several runs open at once in one process
-    (a sweep driver holds one per running trial), no console capture, no W&B lines in the terminal."""
+    (a sweep driver holds one per running trial), no console capture, no W&B lines in the terminal;
+    `requirements`: with the list of the installed Python packages (most of a run start's time)."""
     import wandb
 
     refuse_links(folder)  # W&B writes there: never through a link
     folder.mkdir(parents=True, exist_ok=True)
     return wandb.init(
         project=tracking.project, entity=tracking.entity, dir=str(folder), mode=mode, reinit="create_new",
-        settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True, console="off"), **kwargs,
+        settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True, console="off",
+                                x_save_requirements=requirements), **kwargs,
     )
 
 
@@ -72,11 +74,12 @@ def run_config(config):
             trials.CONFIG_HASH: trials.config_hash(config)}
 
 
-def start_trial(config, *, mode, folder, **kwargs):
-    """The W&B run of a trial with Config `config`; `kwargs` go to wandb.init (id, name, resume)."""
+def start_trial(config, *, mode, folder, requirements=True, **kwargs):
+    """The W&B run of a trial with Config `config`; `kwargs` go to wandb.init (id, name, resume);
+    `requirements=False`: a sweep's trial run, without the package list (its summary run has it)."""
     family = trials.config_family(config)
-    run = init(config.tracking, mode=mode, folder=folder, group=config.name, job_type=family, tags=[family],
-               config=run_config(config), **kwargs)
+    run = init(config.tracking, mode=mode, folder=folder, requirements=requirements, group=config.name,
+               job_type=family, tags=[family], config=run_config(config), **kwargs)
     run.define_metric(EPOCH)
     run.define_metric("*", step_metric=EPOCH)
     return run

@@ -124,12 +124,14 @@ def test_a_dying_wandb_process_turns_tracking_off_with_a_warning(tmp_path, fresh
     callback = tracking.WandbTrials(config, tmp_path / "results" / config.name)
     trial = SimpleNamespace(trial_id="t1", config={"train.lr": 0.05}, last_result={"epoch": 1, "val_acc": 50.0})
     callback.on_trial_start(0, [trial], trial)
+    callback.wait()  # the W&B calls run on the callback's own thread
     assert "t1" in callback.runs
     services = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("wandb")]
     assert services, "wandb runs its own service process"
     kill_all(services)
     with pytest.warns(UserWarning, match=r"W&B log failed \(.*\); tracking is off for the rest of this sweep, results continue"):
         callback.on_trial_result(1, [trial], trial, {"epoch": 1, "val_acc": 50.0})
+        callback.wait()
     callback.on_trial_complete(1, [trial], trial)  # tracking is off: no second failure, no exception
     callback.finish_sweep(tmp_path / "results" / config.name)
     assert not callback.enabled
@@ -142,6 +144,7 @@ def test_a_wandb_failure_in_one_run_costs_that_run_and_tracking_goes_on(tmp_path
                      for t, lr in (("t1", 0.05), ("t2", 0.03)))
     for trial in (broken, sound):
         callback.on_trial_start(0, [], trial)
+    callback.wait()  # the W&B calls run on the callback's own thread
 
     def refuse(*args, **kwargs):
         raise ValueError("a value W&B cannot take")
@@ -150,10 +153,12 @@ def test_a_wandb_failure_in_one_run_costs_that_run_and_tracking_goes_on(tmp_path
     with pytest.warns(UserWarning, match=r"W&B log failed \(ValueError: .*\); the run of trial t1 ends here; "
                                          r"the other runs and results continue"):
         callback.on_trial_result(1, [], broken, {"epoch": 1, "val_acc": 40.0})
+        callback.wait()
     for epoch in (1, 2):
         callback.on_trial_result(epoch, [], sound, {"epoch": epoch, "val_acc": 40.0 + epoch})
     for trial in (broken, sound):
         callback.on_trial_complete(2, [], trial)
+    callback.wait()
     assert callback.enabled
     wandb.teardown()  # the service writes out every run it holds
     runs = read_runs(tmp_path / "results" / config.name / "wandb" / "wandb")
@@ -161,6 +166,34 @@ def test_a_wandb_failure_in_one_run_costs_that_run_and_tracking_goes_on(tmp_path
     assert t1["history"] == [] and t1["exit_code"] == 1
     assert [(h["epoch"], h["val_acc"]) for h in t2["history"]] == [(1, 41.0), (2, 42.0)] and t2["exit_code"] == 0
     assert t2["summary"]["status"] == "completed"
+
+
+def test_a_slow_wandb_call_holds_up_neither_the_driver_nor_the_order_of_a_runs_records(tmp_path, fresh_wandb,
+                                                                                       monkeypatch):
+    config = config_module.from_dict(experiment(tracking={"wandb": "offline"}))
+    results = tmp_path / "results" / config.name
+    callback = tracking.WandbTrials(config, results)
+    start_trial = tracking.tracking.start_trial
+
+    def slow_start(*args, **kwargs):  # a W&B server that takes its time
+        time.sleep(2.0)
+        return start_trial(*args, **kwargs)
+
+    monkeypatch.setattr(tracking.tracking, "start_trial", slow_start)
+    trial = SimpleNamespace(trial_id="t1", config={"train.lr": 0.05}, last_result={"epoch": 2, "val_acc": 42.0})
+    started = time.perf_counter()
+    callback.on_trial_start(0, [], trial)
+    for epoch in (1, 2):
+        callback.on_trial_result(epoch, [], trial, {"epoch": epoch, "val_acc": 40.0 + epoch})
+    callback.on_trial_complete(2, [], trial)
+    assert time.perf_counter() - started < 1.0, "the driver waited for W&B"
+    callback.wait()
+    wandb.teardown()
+    (run,) = read_runs(results / "wandb" / "wandb")[f"{config.name}-t1"]
+    assert [(h["epoch"], h["val_acc"]) for h in run["history"]] == [(1, 41.0), (2, 42.0)]
+    assert run["exit_code"] == 0 and run["summary"]["status"] == "completed"
+    (folder,) = (results / "wandb" / "wandb").glob("offline-run-*")
+    assert not (folder / "files" / "requirements.txt").exists(), "a trial run lists the installed packages"
 
 
 # ------------------------------------------------------------------------- `hero-bench` processes
