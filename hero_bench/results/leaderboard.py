@@ -180,15 +180,15 @@ def leaderboard(df, configs=None):
     best = select_best(configs)
     best["stability"] = selection_stability(tuning, configs, best)
     diverged = configs[configs[STATUS] == "diverged"]
-    board = pd.concat([best, diverged], ignore_index=True).rename(columns={"n_completed": "n_seeds"})
+    board = pd.concat([best, diverged], ignore_index=True).rename(columns={"n_completed": "n_seeds"}).copy()  # one block per dtype
     if trials.DIVERGED_EPOCH in board and (board[STATUS] == "diverged").any():
         columns.insert(columns.index(STATUS) + 1, trials.DIVERGED_EPOCH)
     confirmed = trials.confirmation(df.assign(**{CONFIG_ID: configuration_ids(df)}))
     confirmed = confirmed[confirmed[STATUS] == "completed"].groupby(CONFIG_ID)["test_acc"]
     if len(confirmed):
-        board["confirm_seeds"] = board[CONFIG_ID].map(confirmed.count())
-        board["confirm_test_acc_mean"] = board[CONFIG_ID].map(confirmed.mean())
-        board["confirm_test_acc_std"] = board[CONFIG_ID].map(confirmed.std())
+        board = board.assign(confirm_seeds=board[CONFIG_ID].map(confirmed.count()),
+                             confirm_test_acc_mean=board[CONFIG_ID].map(confirmed.mean()),
+                             confirm_test_acc_std=board[CONFIG_ID].map(confirmed.std()))
         columns += ["confirm_seeds", "confirm_test_acc_mean", "confirm_test_acc_std"]
     board = board[columns]
     # A diverged configuration's surviving seeds are not a result; its stats stay in per_config.csv.
