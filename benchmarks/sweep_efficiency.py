@@ -240,10 +240,12 @@ def chosen(config, where, points, seeds):
 
 
 def sample_file(config, grid, seeds, path):
-    """The experiment with the sample as its sweep: a union of one-point grids, on `seeds`."""
+    """The experiment with the sample as its sweep: a union of one-point grids, on `seeds`, and only
+    them (no bracketing or confirmation stage after them)."""
     raw = config.to_dict()
     raw["sweep"]["space"] = [{k: [v] for k, v in point.items()} for point in grid]
     raw["sweep"]["seeds"] = list(seeds)
+    raw["sweep"]["bracket"], raw["sweep"]["confirm_seeds"] = 0, []
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 

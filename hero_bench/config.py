@@ -85,7 +85,7 @@ class HessianConfig:
     trace: bool = True
     samples: int = within(COUNT, 512)
     probes: int = within("[1, 10000]", 32)
-    tol: float = within("(0, inf)", 1e-2)  # relative error bound of the top eigenvalue (Lanczos): within 1%
+    tol: float = within("(0, inf)", 1e-3)  # relative error bound of the top eigenvalue (Lanczos); see docs/metrics.md
     max_iter: int = within("[1, 100000]", 100)
     batch_size: int = within(COUNT, 512)  # batches of the Hessian sample; one batch (>= samples) lets each HVP reuse the gradient graph
     density: DensityConfig | None = None  # the spectral density (hessian_density); null: not computed

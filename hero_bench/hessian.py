@@ -252,7 +252,7 @@ def _check(tol, max_iter, probes, density):
             raise ConfigError(f"evaluate.hessian.density runs and steps must be >= 1, got runs={runs!r}, steps={steps!r}")
 
 
-def hessian_curvature(model, loss_fn, batches, *, top_eigenvalue=True, trace=True, density=None, tol=1e-2,
+def hessian_curvature(model, loss_fn, batches, *, top_eigenvalue=True, trace=True, density=None, tol=1e-3,
                       max_iter=100, probes=32, seed=0, keep_graph=True):
     """Any of λ_max (`top_eigenvalue`), tr(H) (`trace`) and the spectral density (`density`: (runs,
     steps) or None) from one setup: one eval-mode switch, one gradient graph. Returns a dict with the
@@ -277,7 +277,7 @@ def hessian_curvature(model, loss_fn, batches, *, top_eigenvalue=True, trace=Tru
     return results
 
 
-def hessian_top_eigenvalue(model, loss_fn, batches, *, tol=1e-2, max_iter=100, seed=0, keep_graph=True):
+def hessian_top_eigenvalue(model, loss_fn, batches, *, tol=1e-3, max_iter=100, seed=0, keep_graph=True):
     """Largest (algebraic) eigenvalue λ_max of the Hessian of the mean loss over all samples in
     `batches`, each batch's mean loss weighted by its size (see HessianOperator), w.r.t. all
     trainable parameters.
@@ -317,7 +317,7 @@ def hessian_density(model, loss_fn, batches, *, runs=1, steps=100, seed=0, keep_
                              seed=seed, keep_graph=keep_graph)["density"]
 
 
-def hessian_top_k(model, loss_fn, batches, k, *, tol=1e-2, max_iter=100, seed=0, keep_graph=True):
+def hessian_top_k(model, loss_fn, batches, k, *, tol=1e-3, max_iter=100, seed=0, keep_graph=True):
     """The k largest (algebraic) Hessian eigenvalues, in descending order, by Lanczos (see
     `hessian_top_eigenvalue`), stopping when every one of the k has a relative error bound ≤ tol.
     One start vector sees each distinct eigenvalue once: a repeated eigenvalue is listed once, and
