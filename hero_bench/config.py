@@ -132,6 +132,7 @@ class SweepConfig:
     max_concurrent_trials: int | None = within("[1, inf)", None)
     max_failures: int = within("[-1, inf)", 2)  # -1: retry without end (Ray's meaning)
     checkpoint_every: int = within("[1, inf)", 1)
+    report_every_s: float = within("[0, inf)", 2.0)  # shorter epochs reach Ray in batches (hero_bench.sweep.trainable); 0: each at once
     confirm_seeds: list[int] = within(SEEDS, default_factory=list)  # fresh seeds for each family's chosen configuration
     bracket: int = within("[0, 10]", 0)  # rounds that extend a family's grid past an end where its choice sits
 

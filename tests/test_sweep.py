@@ -1,13 +1,18 @@
 """End-to-end sweeps through a real local Ray (started once for this module, always shut down)."""
+import json
+
 import pandas as pd
 import pytest
+import yaml
 
+from hero_bench import cli
 from hero_bench import config as config_module
 from hero_bench import sweep, trials
 from hero_bench.errors import ConfigError
 from hero_bench.train import run_trial
 from hero_bench.results import outputs
 from tiny import experiment
+from wandb_records import read_runs
 
 TINY = experiment(
     name="tiny", optimizer={"name": "hero", "hvp": "exact"}, evaluate={"ptq_bits": [4]},
@@ -87,6 +92,38 @@ def test_ray_writes_its_per_trial_result_files_and_tensorboard_events_only_on_re
     progress = pd.read_csv(trial_dir / "progress.csv")
     assert list(progress["epoch"]) == [1, 2] and len((trial_dir / "result.json").read_text().splitlines()) == 2
     assert bool(list(trial_dir.glob("events.out.tfevents.*"))) == tensorboard
+
+
+def test_short_epochs_reach_ray_in_batches_and_history_and_wandb_still_get_every_epoch(tmp_path, monkeypatch):
+    """Epochs of milliseconds are reported to Ray where it needs them, at the checkpoints (3, 6) and
+    ASHA's rungs (2, 4), and the others travel with the next report (hero_bench.sweep.trainable): Ray
+    sees fewer reports than epochs, while history.csv and the trial's W&B run hold every epoch, with
+    the values the same trial reports epoch by epoch in-process."""
+    import wandb
+
+    raw = experiment(name="batched", train={"epochs": 6}, tracking={"wandb": "offline"}, sweep={
+        "space": {"train.lr": [0.05]}, "checkpoint_every": 3, "scheduler": "asha", "asha": {"grace_period": 2, "reduction_factor": 2}})
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    wandb.teardown()
+    try:
+        assert cli.main(["sweep", str(tmp_path / "exp.yaml"), "--results", str(tmp_path / "r"), "--storage", str(tmp_path / "ray")]) == 0
+    finally:
+        wandb.teardown()
+    (trial_dir,) = (tmp_path / "ray" / "batched").glob("trainable_*")
+    reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    at_once = [r["epoch"] for r in reports]
+    assert {2, 3, 4, 6} <= set(at_once) and 5 not in at_once, at_once  # epoch 5 is due nowhere: it waits for 6
+    assert [e["epoch"] for r in reports for e in [*r["earlier_epochs"], r]] == [1, 2, 3, 4, 5, 6]
+
+    in_process = []
+    run_trial(config_module.for_trial(config_module.from_dict(raw), {"train.lr": 0.05, "train.seed": 0}),
+              report=lambda metrics, state: in_process.append(metrics["val_acc"]))
+    history = pd.read_csv(tmp_path / "r" / "batched" / "history.csv", dtype={"trial_id": str})
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6] and list(history["val_acc"]) == pytest.approx(in_process)
+    (run,) = read_runs(tmp_path / "r" / "batched" / "wandb" / "wandb")[f"batched-{history['trial_id'][0]}"]
+    assert [h["_step"] for h in run["history"]] == [1, 2, 3, 4, 5, 6]
+    assert [h["val_acc"] for h in run["history"]] == pytest.approx(in_process)
 
 
 def test_one_sweep_tunes_brackets_then_confirms_and_resumes_its_stages(tmp_path):

@@ -8,6 +8,8 @@ The offline runs are read back from their `.wandb` files (wandb_records) and com
 Fault injection: HERO_BENCH_FAIL_AT_EPOCH in the sweep's environment makes a trial raise once, at the
 start of that epoch of a fresh start. With 4 epochs and a checkpoint every 2, a trial reports epochs 1, 2 (checkpoint), 3, fails at
 4, and its retry resumes from epoch 2 (trials.csv: resumed_from_epoch): it reports epoch 3 again, then 4.
+(`report_every_s: 0`: each epoch is reported as it ends, so epoch 3 reaches the driver before the
+failure; batched, it would wait for epoch 4's report and only the retry would report it.)
 """
 import json
 import os
@@ -24,7 +26,7 @@ from wandb_records import read_runs
 EXPERIMENT = experiment(
     name="retried", train={"epochs": 4}, tracking={"wandb": "offline"},
     sweep={"space": {"train.lr": [0.03, 0.05]}, "seeds": [0], "max_failures": 1, "checkpoint_every": 2,
-           "max_concurrent_trials": 1},  # one at a time: the second trial starts after the first failed
+           "report_every_s": 0, "max_concurrent_trials": 1},  # one at a time: the second trial starts after the first failed
 )
 
 

@@ -12,7 +12,16 @@
     runner     the Tuner: search, scheduler, loggers, the trials table, interruptions
 
 This package is the only place that knows Ray exists; hero_bench.train does not.
-"""
-from hero_bench.sweep.runner import run
 
+`run` is imported when first asked for: a trial worker imports this package for the trainable
+alone, and the runner would add the results' tables, statistics and figures (SciPy, matplotlib,
+Optuna) to every worker's start.
+"""
 __all__ = ["run"]
+
+
+def __getattr__(name):
+    if name == "run":
+        from hero_bench.sweep.runner import run
+        return run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ from hero_bench.sweep.space import CONTINUES, trial_params
 from hero_bench.sweep.trainable import STATE_FILE, TRIAL_FILE
 
 # How trials are scheduled and tracked, not what they compute: a resumed sweep may change these.
-SCHEDULING = ("sweep.max_concurrent_trials", "sweep.resources_per_trial.", "sweep.max_failures", "tracking.")
+SCHEDULING = ("sweep.max_concurrent_trials", "sweep.resources_per_trial.", "sweep.max_failures", "sweep.report_every_s", "tracking.")
 TRIAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what a trial.json may name (Ray's ids)
 
 

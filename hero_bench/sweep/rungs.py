@@ -7,7 +7,7 @@ at 1), and a trial is never cut at the last one (Ray's max_t). At a rung, a conf
 over its seeds that have reached it. The first of its seeds to reach a rung decides for the
 configuration there, asynchronously as in ASHA: if its value is below the top 1/reduction_factor of
 the values the other configurations have there, the configuration is stopped at that rung; every
-later seed of it stops when it reaches that rung (a seed already past it, at its next epoch), so a
+later seed of it stops when it reaches that rung (a seed already past it, at its next report), so a
 configuration's seeds stop at one rung and its trials are all `stopped`. Otherwise every seed of it
 goes on past that rung. A configuration is thus run to the end at every seed, or stopped at one rung.
 A trial that no rung stops runs all its epochs. A resumed sweep starts its rungs afresh (docs/sweeps.md).
@@ -22,15 +22,23 @@ from hero_bench.sweep.space import trial_params
 from hero_bench.trials import SEED
 
 
+def rung_epochs(config):
+    """The epochs at which an ASHA sweep's rungs lie (none for another scheduler), lowest first."""
+    if config.sweep.scheduler != "asha":
+        return []
+    asha = config.sweep.asha
+    count = int(math.log(max(config.train.epochs, asha.grace_period) / asha.grace_period) / math.log(asha.reduction_factor) + 1)
+    return [asha.grace_period * asha.reduction_factor ** k for k in range(count)]
+
+
 class ConfigurationASHA(FIFOScheduler):
     """The scheduler of an ASHA sweep `config` (see the module docstring)."""
 
     def __init__(self, config):
         super().__init__()
-        asha, sweep = config.sweep.asha, config.sweep
-        self.objective, self.sign, self.factor = sweep.metric, 1 if sweep.mode == "max" else -1, asha.reduction_factor
-        count = int(math.log(max(config.train.epochs, asha.grace_period) / asha.grace_period) / math.log(self.factor) + 1)
-        self.rungs = [asha.grace_period * self.factor ** k for k in reversed(range(count))]  # highest first
+        sweep = config.sweep
+        self.objective, self.sign, self.factor = sweep.metric, 1 if sweep.mode == "max" else -1, sweep.asha.reduction_factor
+        self.rungs = sorted(rung_epochs(config), reverse=True)  # highest first
         self.values = {}  # (configuration, rung) -> {seed: value}
         self.decided = {}  # configuration -> {rung: whether it went on}
         self.reached = set()  # (configuration, seed, rung) recorded

@@ -26,7 +26,7 @@ from hero_bench.sweep import storage as ray_storage
 from hero_bench.sweep.cluster import check_resources, local_cpus, ray_running
 from hero_bench.sweep.rungs import ConfigurationASHA
 from hero_bench.sweep.space import POINT, TrialConfigs, points, trial_count, trial_id, trial_params, trial_stage
-from hero_bench.sweep.trainable import trainable
+from hero_bench.sweep.trainable import reported_epochs, trainable
 from hero_bench.trials import SEED
 
 # Keeping only the last checkpoints makes Ray snapshot its experiment state at each one; with short
@@ -37,7 +37,8 @@ HISTORY = "history.csv"
 
 class TrialsTable(tune.Callback):
     """Keeps results/<name>/trials.csv current: rewritten atomically whenever a trial ends; and appends
-    every epoch's report to results/<name>/history.csv as it arrives.
+    every epoch a report carries (hero_bench.sweep.trainable.reported_epochs) to
+    results/<name>/history.csv as it arrives.
 
     Rows are kept by trial id (a resumed trial keeps its id): the rows in the file when the sweep
     starts stay as they are, a trial's row is built once, when it ends, and a finished trial's row is
@@ -76,11 +77,11 @@ class TrialsTable(tune.Callback):
 
 
 def record_epoch(path, trial_id, result):
-    """Append one epoch's report to history.csv (a failure to write costs a warning, never the trial)."""
-    line = trials.history_row(trial_id, result)
-    if line is not None:
+    """Append the epochs of one report to history.csv (a failure to write costs a warning, never the trial)."""
+    lines = [line for line in (trials.history_row(trial_id, epoch) for epoch in reported_epochs(result)) if line is not None]
+    if lines:
         try:
-            trials.append_history(path, [line])
+            trials.append_history(path, lines)
         except OSError as exc:
             warnings.warn(f"cannot append to {path}: {exc.strerror or exc}", stacklevel=2)
 

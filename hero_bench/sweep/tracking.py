@@ -31,9 +31,11 @@ from ray.tune.result import AUTO_RESULT_KEYS, DEFAULT_EXPERIMENT_INFO_KEYS, DONE
 
 from hero_bench import tracking, trials
 from hero_bench.sweep.space import TrialConfigs, trial_id
+from hero_bench.sweep.trainable import EARLIER, reported_epochs
 
-# What Ray adds to every result of a trial: its iteration counts, clocks, host, process, ids and flags.
-RAY_KEYS = frozenset({*AUTO_RESULT_KEYS, *DEFAULT_EXPERIMENT_INFO_KEYS, DONE, SHOULD_CHECKPOINT})
+# What Ray adds to every result of a trial (its iteration counts, clocks, host, process, ids and flags),
+# and the earlier epochs a result carries (logged one by one).
+RAY_KEYS = frozenset({*AUTO_RESULT_KEYS, *DEFAULT_EXPERIMENT_INFO_KEYS, DONE, SHOULD_CHECKPOINT, EARLIER})
 
 
 def callbacks(config, results_dir, configs=None):
@@ -136,11 +138,13 @@ class WandbTrials(tune.Callback):
         self.later("run start", trial.trial_id, self.start_run, trial.trial_id, dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.later("log", trial.trial_id, self.log, trial.trial_id, reported(result))
+        self.later("log", trial.trial_id, self.log, trial.trial_id, [reported(epoch) for epoch in reported_epochs(result)])
 
-    def log(self, ray_id, metrics):
-        if ray_id in self.runs:
-            self.logged[ray_id] = tracking.log_epoch(self.runs[ray_id], metrics, self.logged.get(ray_id, 0))
+    def log(self, ray_id, epochs):
+        """Log the epochs of one report (hero_bench.sweep.trainable.reported_epochs), oldest first."""
+        for metrics in epochs:
+            if ray_id in self.runs:
+                self.logged[ray_id] = tracking.log_epoch(self.runs[ray_id], metrics, self.logged.get(ray_id, 0))
 
     def end_attempt(self, ray_id):
         """The run of an attempt that failed (Ray retries the trial from its last checkpoint, and the

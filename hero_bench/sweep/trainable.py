@@ -10,10 +10,21 @@ it is (the sweep's id, the trial's id and swept values, the epoch) so that --res
 without Ray's pickled experiment state. A retried trial continues from its last checkpoint, a
 resumed one from the checkpoint --resume found for it. state.pt is loaded with
 torch.load(weights_only=True), so it can never run pickled code.
+
+Reports reach Ray in batches when epochs are short. Each tune.report is a round trip through the
+sweep's driver (the trial waits while the driver handles the result), which for epochs of a tenth
+of a second cost more than the epochs. So an epoch is handed to Ray at once only when Ray needs it
+then: a checkpoint is due, an ASHA rung lies there (hero_bench.sweep.rungs), the trial ends
+(its last epoch, a divergence), or `sweep.report_every_s` seconds (default 2) have passed since the
+last report; the epochs in between travel with the next report, in its EARLIER list, oldest first. The report's own metrics
+are its epoch's, as before, so Ray, ASHA and the trials table see the same values at the same
+epochs; the trials table's history.csv and W&B unpack every epoch (`reported_epochs`). Epochs longer
+than report_every_s are all reported as they end, and report_every_s 0 reports every epoch so.
 """
 import json
 import pickle
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -23,12 +34,14 @@ from ray import tune
 from hero_bench import config as config_module
 from hero_bench.errors import HeroBenchError
 from hero_bench.sweep.console import quiet_trial
+from hero_bench.sweep.rungs import rung_epochs
 from hero_bench.sweep.space import trial_id as logical_trial_id
 from hero_bench.sweep.space import trial_params
 from hero_bench.train import run_trial
 from hero_bench.trials import GPU_IDS, STATUS
 
 STATE_FILE, TRIAL_FILE = "state.pt", "trial.json"
+EARLIER = "earlier_epochs"  # a report's key: the epochs since the previous report, oldest first
 
 
 class UnsafeCheckpointError(HeroBenchError):
@@ -45,8 +58,9 @@ def trainable(params, base, sweep_id, checkpoints=None, verbose=False):
     trial_id = logical_trial_id(params, tune.get_context().get_trial_id())
     swept = trial_params(params)
     config = config_module.for_trial(base, swept)
-    metric, every = config.sweep.metric, config.sweep.checkpoint_every
+    metric, every, interval = config.sweep.metric, config.sweep.checkpoint_every, config.sweep.report_every_s
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+    rungs, pending, last_report = set(rung_epochs(config)), [], [time.monotonic()]
 
     def report(metrics, state):
         metrics[GPU_IDS] = f"[{', '.join(gpu_ids)}]"  # a list, never a number: no metric to average
@@ -54,7 +68,15 @@ def trainable(params, base, sweep_id, checkpoints=None, verbose=False):
             # Ray requires the sweep metric in every result; a diverged trial has no valid value,
             # and NaN is never chosen as best by Ray.
             metrics[metric] = float("nan")
-        if state is None or not checkpoint_due(metrics["epoch"], every, config.train.total_epochs):
+        checkpoint = state is not None and checkpoint_due(metrics["epoch"], every, config.train.total_epochs)
+        if not (checkpoint or state is None or metrics["epoch"] in rungs
+                or time.monotonic() - last_report[0] >= interval):
+            pending.append(metrics)
+            return
+        metrics[EARLIER] = list(pending)
+        pending.clear()
+        last_report[0] = time.monotonic()
+        if not checkpoint:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
@@ -72,6 +94,11 @@ def trainable(params, base, sweep_id, checkpoints=None, verbose=False):
         with checkpoint.as_directory() as folder:
             resume = load_state(folder, shown_as=f"{checkpoint.path}/{STATE_FILE}")
     run_trial(config, report=report, resume=resume, gpu_ids=gpu_ids)
+
+
+def reported_epochs(result):
+    """The epochs a report carries: those of its EARLIER list, then its own (without the list)."""
+    return [*result.get(EARLIER, []), {k: v for k, v in result.items() if k != EARLIER}]
 
 
 def checkpoint_due(epoch, every, epochs):
