@@ -16,7 +16,7 @@ beside every figure: other jobs on the machine slow the trials and lower the eff
 
 Where the wall time went, in worker-seconds (each worker process is one slot of the sweep: the
 command's wall time times the workers): the trials' CPU time (the useful part); what each trial
-spends beyond it (set-up: config, checkpoint, data, model, optimizer; its per-epoch report round
+spends beyond it (set-up: config, checkpoint, data, model, optimizer; its report round
 trips to the driver; checkpoint snapshots and saves; the rest, mostly CPU taken by other processes);
 the time between one trial's end and the next one's start on the same worker; before a worker's
 first trial (Ray start, the worker's process and imports) and after its last (waiting for the other
@@ -322,7 +322,8 @@ def breakdown(run):
     rows = [
         ("trials' CPU time (cpu_time_s: training, per-epoch and end-of-trial evaluation)", trial_cpu),
         ("  in trials beyond it: set-up (config, checkpoint, data, model, optimizer)", setup),
-        (f"  in trials beyond it: per-epoch report round trips ({sum(t['reports'] for t in trials)} reports)", report),
+        (f"  in trials beyond it: report round trips ({sum(t['calls'].get('tune.report', 0) for t in trials)} reports to Ray "
+         f"for {sum(t['reports'] for t in trials)} epochs)", report),
         (f"  in trials beyond it: checkpoints ({checkpoints}: torch.save, persist to storage)", saving),
         ("  in trials beyond it: epoch snapshots (deep copies for checkpoints)", snapshot),
         ("  in trials beyond it: the rest (CPU taken by other processes, untimed steps)", rest),

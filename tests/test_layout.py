@@ -93,6 +93,18 @@ def test_the_core_imports_neither_ray_nor_wandb():
     assert out.strip() == "[]"
 
 
+def test_a_trial_worker_imports_the_trainable_without_the_sweeps_runner_and_results_side():
+    """Ray imports hero_bench.sweep.trainable in every trial worker before its first trial: the
+    runner would bring the tables, statistics and figures along (2 s of a worker's start here)."""
+    code = ("import sys; import hero_bench.sweep.trainable; print(sorted(m for m in ('hero_bench.sweep.runner', "
+            "'hero_bench.results', 'scipy.stats', 'matplotlib', 'optuna', 'wandb') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"
+    code = "from hero_bench import sweep; from hero_bench.sweep.runner import run; print(sweep.run is run)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "True"  # the public hero_bench.sweep.run is still there, imported when asked for
+
+
 def test_the_results_side_and_hero_bench_leaderboard_never_import_torch(tmp_path):
     folder = tmp_path / "quickstart"
     folder.mkdir()
