@@ -343,6 +343,7 @@ MISTAKES = [
     *both("unknown-search", "sweep.search must be one of grid, random, quasirandom, optuna, got 'bayes'", experiment={"sweep": {"search": "bayes"}}),
     *both("search-seed-negative", "sweep.search_seed must be in [0, 4294967295], got -1", "--set", "sweep.search_seed=-1"),
     *both("max-failures-below-minus-one", "sweep.max_failures must be in [-1, inf), got -2", "--set", "sweep.max_failures=-2"),
+    *both("report-every-negative", "sweep.report_every_s must be in [0, inf), got -1.0", "--set", "sweep.report_every_s=-1"),
     *both("max-failures-forever-with-a-bad-seed", "sweep.seeds must be in [0, 4294967295], got -1",
           "--set", "sweep.seeds=[-1]", "--set", "sweep.max_failures=-1"),
     *both("num-samples-a-million", "sweep.num_samples must be in [1, 10000], got 1000000", "--set", "sweep.num_samples=1000000"),

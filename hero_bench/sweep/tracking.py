@@ -142,9 +142,11 @@ class WandbTrials(tune.Callback):
 
     def log(self, ray_id, epochs):
         """Log the epochs of one report (hero_bench.sweep.trainable.reported_epochs), oldest first."""
+        run = self.runs.get(ray_id)
+        if run is None:
+            return
         for metrics in epochs:
-            if ray_id in self.runs:
-                self.logged[ray_id] = tracking.log_epoch(self.runs[ray_id], metrics, self.logged.get(ray_id, 0))
+            self.logged[ray_id] = tracking.log_epoch(run, metrics, self.logged.get(ray_id, 0))
 
     def end_attempt(self, ray_id):
         """The run of an attempt that failed (Ray retries the trial from its last checkpoint, and the

@@ -61,9 +61,10 @@ def trainable(params, base, sweep_id, checkpoints=None, verbose=False):
     config = config_module.for_trial(base, swept)
     metric, every, interval = config.sweep.metric, config.sweep.checkpoint_every, config.sweep.report_every_s
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
-    rungs, pending, last_report = set(rung_epochs(config)), [], [time.monotonic()]
+    rungs, pending, last_report = set(rung_epochs(config)), [], time.monotonic()
 
     def report(metrics, state):
+        nonlocal last_report
         metrics[GPU_IDS] = f"[{', '.join(gpu_ids)}]"  # a list, never a number: no metric to average
         if metrics[STATUS] == "diverged":
             # Ray requires the sweep metric in every result; a diverged trial has no valid value,
@@ -71,12 +72,12 @@ def trainable(params, base, sweep_id, checkpoints=None, verbose=False):
             metrics[metric] = float("nan")
         checkpoint = state is not None and checkpoint_due(metrics["epoch"], every, config.train.total_epochs)
         if not (checkpoint or state is None or metrics["epoch"] in rungs
-                or time.monotonic() - last_report[0] >= interval):
+                or time.monotonic() - last_report >= interval):
             pending.append(metrics)
             return
         metrics[EARLIER] = list(pending)
         pending.clear()
-        last_report[0] = time.monotonic()
+        last_report = time.monotonic()
         if not checkpoint:
             tune.report(metrics)
             return
